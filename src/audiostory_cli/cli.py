@@ -1,0 +1,415 @@
+"""The ``audiostory`` command: parse options, call ``pipeline``, draw progress, map errors to exit codes.
+
+stdout carries results (paths, or JSON with ``--json``); stderr carries progress, tables and errors.
+An ``AudiostoryError`` becomes one red line on stderr and exit 1; usage errors exit 2 (Typer's habit);
+``AUDIOSTORY_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from . import __version__, audio_io
+from .checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+from .errors import AudiostoryError, InputError
+from .story import MAX_EVENTS, MAX_TOTAL_S, Plan, Progress, StoryRequest, load_plan, plan_to_json
+
+app = typer.Typer(
+    name="audiostory",
+    help="Narrative audio from a story prompt: an LLM plans timed sound events, a diffusion decoder renders "
+    "them, and the clips are crossfaded into one file (the AudioStory method, arXiv 2508.20088).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+stderr = Console(stderr=True, highlight=False)
+DEBUG_ENV = "AUDIOSTORY_DEBUG"
+
+# --- option types shared by the commands ---------------------------------------------------------------
+
+_MODELS = "Models and hardware"
+_RENDER = "Rendering"
+
+
+def _check_output(value: Optional[Path]) -> Optional[Path]:
+    if value is None:
+        return None
+    try:
+        return audio_io.check_output_path(value)
+    except InputError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def _check_duration(value: Optional[float]) -> Optional[float]:
+    if value is not None and not 0 < value <= MAX_TOTAL_S:
+        raise typer.BadParameter(f"{value:g} is out of range: must be > 0 and <= {MAX_TOTAL_S:g} seconds")
+    return value
+
+
+def _check_prompt(value: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("the prompt is empty: describe the story in a sentence or two")
+    return value
+
+
+DecoderOpt = Annotated[
+    Optional[str],
+    typer.Option("--decoder", help="Decoder: a folder in the TangoFlux layout or a hub id "
+                 f"[default: {DEFAULT_DECODER}, or the one saved in the plan for render].", rich_help_panel=_MODELS),
+]  # fmt: skip
+PlannerOpt = Annotated[
+    str,
+    typer.Option("--planner", help="Planner LLM: a folder, a .gguf file or a hub id of a chat model.",
+                 rich_help_panel=_MODELS),
+]  # fmt: skip
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto, cuda, cpu or mps (auto: CUDA when present).", rich_help_panel=_MODELS)
+]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto, fp32, fp16 or bf16 (auto: bf16 on CUDA, fp32 elsewhere).",
+                      rich_help_panel=_MODELS),
+]  # fmt: skip
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Base seed [default: 0].", rich_help_panel=_RENDER)]
+StepsOpt = Annotated[
+    Optional[int], typer.Option("--steps", min=1, max=1000, help="Denoising steps per clip [default: 50].",
+                                rich_help_panel=_RENDER),
+]  # fmt: skip
+GuidanceOpt = Annotated[
+    Optional[float], typer.Option("--guidance", min=0, max=50, help="Classifier-free guidance scale; <= 1 turns it "
+                                  "off [default: 4.5].", rich_help_panel=_RENDER),
+]  # fmt: skip
+CrossfadeOpt = Annotated[
+    Optional[float], typer.Option("--crossfade", min=0, max=10, help="Seconds two consecutive clips overlap, "
+                                  "equal-power [default: 1.0].", rich_help_panel=_RENDER),
+]  # fmt: skip
+WindowOpt = Annotated[
+    str, typer.Option("--window", help="auto: denoise only the latent frames a clip needs; full: always the "
+                      "model's 30 s window (upstream's behaviour, slower).", rich_help_panel=_RENDER),
+]  # fmt: skip
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, max=64, help="Clips denoised together (lower it if memory runs out).",
+                      rich_help_panel=_RENDER),
+]  # fmt: skip
+LoudnessOpt = Annotated[
+    Optional[float], typer.Option("--loudness", min=-70, max=0, help="Normalise to this integrated loudness in "
+                                  "LUFS, e.g. -16 (default: off, peak-limited only).", rich_help_panel=_RENDER),
+]  # fmt: skip
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+# --- errors and progress -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """The one place errors become messages: one red line on stderr, exit 1."""
+    try:
+        yield
+    except AudiostoryError as err:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        stderr.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        stderr.print(f"[dim](set {DEBUG_ENV}=1 for the full traceback)[/]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]: nothing was written")
+        raise typer.Exit(130) from None
+
+
+class ProgressView:
+    """Draws ``story.Progress`` reports as rich bars on stderr: planning, clips, denoising steps."""
+
+    _LABELS = {"load": "loading", "plan": "planning", "render": "clips", "step": "denoising", "mix": "mixing",
+               "write": "writing"}  # fmt: skip
+
+    def __init__(self) -> None:
+        self.bars = RichProgress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=stderr, transient=True,
+        )  # fmt: skip
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> ProgressView:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.stop()
+
+    def __call__(self, report: Progress) -> None:
+        label = self._LABELS.get(report.stage, report.stage)
+        description = f"{label}: {report.message}" if report.message else label
+        total = report.total or None
+        if report.stage not in self.tasks:
+            self.tasks[report.stage] = self.bars.add_task(description, total=total)
+        self.bars.update(self.tasks[report.stage], completed=report.done, total=total, description=description)
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+
+def _hardware(device: str, dtype: str):
+    from .devices import resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    return torch_device, resolve_dtype(dtype, torch_device)
+
+
+def _load_planner(ref: str, device, dtype):
+    from .planner import Planner
+
+    with stderr.status(f"loading planner {ref}"):
+        return Planner.load(ref, device=device, dtype=dtype)
+
+
+def _load_decoder(ref: str, device, dtype):
+    from .decoder import Decoder
+
+    with stderr.status(f"loading decoder {ref}"):
+        return Decoder.load(ref, device=device, dtype=dtype)
+
+
+def _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness, base=None):
+    """Command-line values win; then the plan's saved settings (``render``); then the defaults."""
+    from .pipeline import RenderOptions
+
+    defaults = RenderOptions()
+    saved = base.render if base is not None and base.render is not None else None
+
+    def pick(value, name):
+        if value is not None:
+            return value
+        return getattr(saved, name) if saved is not None else getattr(defaults, name)
+
+    return RenderOptions(
+        seed=pick(seed, "seed"),
+        steps=pick(steps, "steps"),
+        guidance=pick(guidance, "guidance"),
+        crossfade_s=pick(crossfade, "crossfade_s"),
+        window=window,
+        batch_size=batch_size,
+        loudness_lufs=loudness,
+    )
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(title=f"plan: {len(plan.events)} events, {plan.total_s:g} s", title_justify="left")
+    for column, justify in (("#", "right"), ("start", "right"), ("duration", "right"), ("caption", "left"),
+                            ("tone", "left"), ("layer", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)
+    for e in plan.events:
+        table.add_row(str(e.index), f"{e.start_s:.2f}", f"{e.duration_s:.2f}", e.caption, e.tone, str(e.layer))
+    return table
+
+
+def _show_plan(plan: Plan) -> None:
+    stderr.print(plan_table(plan))
+    if plan.tone:
+        stderr.print(f"tone: {plan.tone}")
+    if plan.reasoning:
+        stderr.print(f"reasoning: {plan.reasoning}", soft_wrap=True)
+    stderr.print(f"total: {plan.total_s:g} s")
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"audio": str(result.audio_path), "plan": str(result.plan_path),
+                               "duration_s": result.duration_s, "sample_rate": result.sample_rate}))  # fmt: skip
+    else:
+        typer.echo(str(result.audio_path))
+    stderr.print(f"wrote {result.audio_path} ({result.duration_s:.2f} s) and {result.plan_path}")
+
+
+# --- commands --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The story, e.g. 'a storm reaches a quiet harbor, a ship's bell "
+                                          "rings, the rain stops and gulls return'.", callback=_check_prompt)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Audio file to write: .wav, .flac, "
+                      ".ogg, .mp3 (or .m4a/.aac with ffmpeg). A plan is saved beside it as <name>.plan.json.",
+                      callback=_check_output)] = None,
+    duration: Annotated[float, typer.Option("--duration", "-d", help="Length of the story in seconds (max 600).",
+                        callback=_check_duration)] = 30.0,
+    max_events: Annotated[int, typer.Option("--max-events", min=1, max=MAX_EVENTS,
+                          help="Most events the planner may use.")] = 8,
+    tone: Annotated[Optional[str], typer.Option("--tone", help="Overall tone, e.g. 'calm' (the planner picks "
+                    "one if not given).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only plan: print the plan, write no audio.")] = False,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    crossfade: CrossfadeOpt = None,
+    window: WindowOpt = "auto",
+    batch_size: BatchSizeOpt = 4,
+    loudness: LoudnessOpt = None,
+    planner: PlannerOpt = DEFAULT_PLANNER,
+    decoder: DecoderOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan a story with the LLM and render it to one audio file."""
+    from .pipeline import generate_story, plan_story
+
+    if output is None and not dry_run:
+        raise typer.BadParameter("an output file is needed (or use --dry-run)", param_hint="'--output' / '-o'")
+    with _errors():
+        options = _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness)
+        request = StoryRequest(prompt=prompt, total_s=duration, seed=options.seed, tone=tone, max_events=max_events)
+        torch_device, torch_dtype = _hardware(device, dtype)
+        story_planner = _load_planner(planner, torch_device, torch_dtype)
+        if dry_run:
+            with ProgressView() as view:
+                plan = plan_story(story_planner, request, progress=view)
+            _show_plan(plan)
+            if as_json:
+                typer.echo(plan_to_json(plan), nl=False)
+            return
+        story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
+        with ProgressView() as view:
+            result = generate_story(story_planner, story_decoder, request, options, output, progress=view)
+        _show_plan(result.plan)
+        _print_result(result, as_json)
+
+
+@app.command()
+def render(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN.json", help="A plan written by `generate` or by hand "
+                         "(see examples/plan.json).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Audio file to write (.wav, .flac, .ogg, .mp3, "
+                      ".m4a, .aac).", callback=_check_output)],
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    crossfade: CrossfadeOpt = None,
+    window: WindowOpt = "auto",
+    batch_size: BatchSizeOpt = 4,
+    loudness: LoudnessOpt = None,
+    decoder: DecoderOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Render a plan file, no planner. Seed, steps, guidance, crossfade and decoder default to the values
+    saved in the plan, so rendering a saved plan reproduces its audio."""
+    from .pipeline import render_to_file
+
+    with _errors():
+        plan = load_plan(plan_file)
+        options = _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness, base=plan)
+        saved_decoder = plan.render.decoder if plan.render is not None and plan.render.decoder else None
+        torch_device, torch_dtype = _hardware(device, dtype)
+        story_decoder = _load_decoder(decoder or saved_decoder or DEFAULT_DECODER, torch_device, torch_dtype)
+        planner_ref = plan.render.planner if plan.render is not None else None
+        with ProgressView() as view:
+            result = render_to_file(story_decoder, plan, options, output, planner_ref=planner_ref, progress=view)
+        _print_result(result, as_json)
+
+
+@app.command()
+def batch(
+    prompts_file: Annotated[Path, typer.Argument(metavar="PROMPTS_FILE", help="One prompt per line, or JSON Lines "
+                            "with prompt, duration, seed, output, tone (see examples/).")],
+    outdir: Annotated[Path, typer.Option("--outdir", "-d", help="Folder for the audio files (created if missing).")],
+    duration: Annotated[float, typer.Option("--duration", help="Length of each story unless its line says "
+                        "otherwise.", callback=_check_duration)] = 30.0,
+    audio_format: Annotated[str, typer.Option("--format", help="Extension of the derived file names: wav, flac, "
+                            "ogg, mp3, m4a or aac.")] = "wav",
+    max_events: Annotated[int, typer.Option("--max-events", min=1, max=MAX_EVENTS)] = 8,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    crossfade: CrossfadeOpt = None,
+    window: WindowOpt = "auto",
+    batch_size: BatchSizeOpt = 4,
+    loudness: LoudnessOpt = None,
+    planner: PlannerOpt = DEFAULT_PLANNER,
+    decoder: DecoderOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate one story per prompt; models load once. A bad prompt is reported and skipped; exit 1 if any
+    failed."""
+    from .pipeline import generate_batch, read_prompts_file
+
+    with _errors():
+        extension = "." + audio_format.lower().lstrip(".")
+        audio_io.check_output_path(Path(".") / f"probe{extension}")
+        items = read_prompts_file(prompts_file)
+        if outdir.exists() and not outdir.is_dir():
+            raise AudiostoryError(f"--outdir {outdir} is a file", hint="give a folder")
+        options = _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness)
+        torch_device, torch_dtype = _hardware(device, dtype)
+        story_planner = _load_planner(planner, torch_device, torch_dtype)
+        story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
+        outdir.mkdir(parents=True, exist_ok=True)
+
+        def report(outcome) -> None:
+            where = outcome.result.audio_path if outcome.result else outcome.error
+            colour = "green" if outcome.result else "red"
+            stderr.print(f"[{colour}]line {outcome.item.line}[/]: {where}", soft_wrap=True)
+
+        with ProgressView() as view:
+            outcomes = generate_batch(
+                story_planner, story_decoder, items, outdir, default_duration_s=duration, options=options,
+                max_events=max_events, extension=extension, progress=view, on_outcome=report,
+            )  # fmt: skip
+        _show_summary(outcomes, as_json)
+        failed = sum(o.result is None for o in outcomes)
+        if failed:
+            stderr.print(f"[bold red]error:[/] {failed} of {len(outcomes)} prompts failed")
+            raise typer.Exit(1)
+
+
+def _show_summary(outcomes, as_json: bool) -> None:
+    table = Table(title="batch summary", title_justify="left")
+    for column in ("line", "prompt", "status", "output or error", "seconds"):
+        table.add_column(column)
+    for o in outcomes:
+        status = "[green]ok[/]" if o.result else "[red]failed[/]"
+        where = str(o.result.audio_path) if o.result else o.error
+        table.add_row(str(o.item.line), o.item.prompt[:40], status, where, f"{o.seconds:.1f}")
+    stderr.print(table)
+    for o in outcomes:
+        if as_json:
+            typer.echo(json.dumps({"line": o.item.line, "prompt": o.item.prompt,
+                                   "audio": str(o.result.audio_path) if o.result else None, "error": o.error}))
+        elif o.result:
+            typer.echo(str(o.result.audio_path))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"audiostory {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                       help="Print the version and exit.")] = False,
+) -> None:
+    """Narrative audio from a story prompt."""
+
+
+def main() -> None:
+    app(prog_name="audiostory")

@@ -1,0 +1,468 @@
+"""Diffusion decoder: captions -> clips, with the TangoFlux architecture built from diffusers parts.
+
+Data flow of one batch: ``T5 text encoder -> FluxTransformer2DModel (flow matching, CFG) -> AutoencoderOobleck``.
+
+It loads the layout that declare-lab/TangoFlux publishes: ``config.json`` (the DiT's sizes),
+``tangoflux.safetensors`` (keys ``transformer.*``, ``fc.*``, ``duration_emebdder.*``, spelled as upstream)
+and ``vae.safetensors`` (the Stable Audio Open Oobleck VAE, whose config is read off its tensor shapes).
+The T5 encoder comes from a ``text_encoder/`` folder beside them when present, else from the model
+reference in ``config.json``'s ``text_encoder_name`` (``google/flan-t5-large``).
+
+Unlike upstream, which always denoises a 30 s window, the window follows the clip length (``window="auto"``);
+``window="full"`` keeps upstream's full window. Each clip draws its starting noise from its own
+``torch.Generator``; captions are attention-masked so a clip renders the same alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import ModelKind, resolve
+from .errors import AudiostoryError, InputError, ModelLoadError
+from .story import Clip, Event, Progress, ProgressFn, no_progress
+
+DECODER_KIND = ModelKind(
+    role="decoder",
+    required=("config.json", "tangoflux.safetensors", "vae.safetensors"),
+    layout="config.json, tangoflux.safetensors, vae.safetensors and optionally text_encoder/, "
+    "as declare-lab/TangoFlux publishes",
+)
+TEXT_ENCODER_KIND = ModelKind(
+    role="text encoder", required=("config.json",), layout="a T5 encoder folder with config.json and its tokenizer"
+)
+WINDOWS = ("auto", "full")  # --window: follow the clip length, or always denoise the model's full window
+FRAME_BUCKET = 16  # auto windows are rounded up to a multiple of this many latent frames, so clips batch
+MAX_TEXT_TOKENS = 64  # captions are cut to this many T5 tokens (TangoFlux's max_text_seq_len)
+
+
+@dataclass(frozen=True)
+class TangoFluxConfig:
+    """The fields of TangoFlux's config.json, with upstream's defaults."""
+
+    num_layers: int = 6  # double-stream (joint) transformer blocks
+    num_single_layers: int = 18  # single-stream transformer blocks
+    in_channels: int = 64  # latent channels (the VAE's latent size)
+    attention_head_dim: int = 128  # width of one attention head
+    joint_attention_dim: int = 1024  # width of the text tokens fed to the DiT (= the T5's d_model)
+    num_attention_heads: int = 8  # attention heads
+    audio_seq_len: int = 645  # latent frames of the full window (30 s at 44.1 kHz / 2048)
+    max_duration: float = 30.0  # the duration token's upper bound, seconds
+    uncondition: bool = False  # training flag, unused at inference
+    text_encoder_name: str = "google/flan-t5-large"  # reference of the T5 text encoder
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TangoFluxConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """One clip to render."""
+
+    event: Event  # the event it renders (its caption conditions the clip)
+    n_samples: int  # exact length of the clip in samples (event span plus crossfade tail)
+    seed: int  # seed of this clip's starting noise
+
+
+class _StableAudioPositionalEmbedding(nn.Module):
+    """Random Fourier features of a scalar in [0, 1] (Stable Audio's continuous time embedding)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(dim // 2))
+
+    def forward(self, times: torch.Tensor) -> torch.Tensor:
+        times = times[..., None]
+        freqs = times * self.weights[None] * 2 * math.pi
+        return torch.cat((times, freqs.sin(), freqs.cos()), dim=-1)
+
+
+class DurationEmbedder(nn.Module):
+    """Maps a clip duration in seconds to one conditioning token (TangoFlux's duration token)."""
+
+    def __init__(self, dim: int, max_value: float, internal_dim: int = 256) -> None:
+        super().__init__()
+        self.max_value = max_value
+        self.time_positional_embedding = nn.Sequential(
+            _StableAudioPositionalEmbedding(internal_dim), nn.Linear(internal_dim + 1, dim)
+        )
+
+    def forward(self, seconds: torch.Tensor) -> torch.Tensor:
+        normalized = seconds.clamp(0, self.max_value) / self.max_value
+        dtype = self.time_positional_embedding[1].weight.dtype
+        return self.time_positional_embedding(normalized.to(dtype)).unsqueeze(1)  # [B, 1, dim]
+
+
+class TangoFluxDiT(nn.Module):
+    """The trained part of TangoFlux: the Flux transformer, the pooled-text projection, the duration token."""
+
+    def __init__(self, config: TangoFluxConfig, text_dim: int) -> None:
+        super().__init__()
+        from diffusers import FluxTransformer2DModel
+
+        self.transformer = FluxTransformer2DModel(
+            in_channels=config.in_channels,
+            num_layers=config.num_layers,
+            num_single_layers=config.num_single_layers,
+            attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads,
+            joint_attention_dim=config.joint_attention_dim,
+            pooled_projection_dim=text_dim,
+            guidance_embeds=False,
+        )
+        self.fc = nn.Sequential(nn.Linear(text_dim, config.joint_attention_dim), nn.ReLU())
+        self.duration_emebdder = DurationEmbedder(text_dim, config.max_duration)  # upstream's spelling
+
+
+class Decoder:
+    """A loaded TangoFlux-architecture decoder; ``render`` turns clip requests into clips."""
+
+    def __init__(self, *, ref, config, dit, vae, text_encoder, tokenizer, device, dtype) -> None:
+        self.ref: str = ref  # the reference it was loaded from (saved in plans)
+        self.config: TangoFluxConfig = config
+        self.dit: TangoFluxDiT = dit
+        self.vae = vae  # diffusers AutoencoderOobleck, fp32
+        self.text_encoder = text_encoder  # transformers T5EncoderModel
+        self.tokenizer = tokenizer
+        self.device: torch.device = device
+        self.dtype: torch.dtype = dtype  # dtype of the DiT; the VAE stays fp32
+
+    # --- loading -------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, ref: str, *, device: torch.device, dtype: torch.dtype) -> Decoder:
+        folder = resolve(ref, DECODER_KIND)
+        if folder.is_file():
+            raise ModelLoadError(f"decoder '{ref}' is a file; expected a folder ({DECODER_KIND.layout})")
+        with _quiet_libraries():
+            config = _read_config(folder / "config.json")
+            text_encoder, tokenizer = _load_text_encoder(folder, config, device, dtype)
+            text_dim = text_encoder.config.d_model
+            if text_dim != config.joint_attention_dim:
+                raise ModelLoadError(
+                    f"{folder}: text encoder width {text_dim} does not match joint_attention_dim "
+                    f"{config.joint_attention_dim} in config.json"
+                )
+            dit = TangoFluxDiT(config, text_dim)
+            _load_dit_weights(dit, text_encoder, folder / "tangoflux.safetensors")
+            vae = _load_vae(folder / "vae.safetensors")
+            dit.to(device=device, dtype=dtype).eval()
+            vae.to(device=device, dtype=torch.float32).eval()
+        return cls(
+            ref=ref, config=config, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+
+    # --- sizes ---------------------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.vae.config.sampling_rate)
+
+    @property
+    def channels(self) -> int:
+        return int(self.vae.config.audio_channels)
+
+    @property
+    def hop_samples(self) -> int:
+        """Audio samples per latent frame (2048 for the Stable Audio Open VAE)."""
+        return int(np.prod(self.vae.config.downsampling_ratios))
+
+    @property
+    def max_clip_samples(self) -> int:
+        """The longest clip one window can render."""
+        return self.config.audio_seq_len * self.hop_samples
+
+    @property
+    def max_clip_s(self) -> float:
+        return self.max_clip_samples / self.sample_rate
+
+    def window_frames(self, n_samples: int, window: str = "auto") -> int:
+        """Latent frames denoised for a clip of ``n_samples``: just enough (rounded up to a bucket), or all."""
+        if n_samples > self.max_clip_samples:
+            raise InputError(
+                f"a clip of {n_samples / self.sample_rate:.2f} s is longer than the decoder's window "
+                f"({self.max_clip_s:.2f} s)",
+                hint="split the event into shorter events",
+            )
+        if window == "full":
+            return self.config.audio_seq_len
+        needed = math.ceil(n_samples / self.hop_samples)
+        return min(self.config.audio_seq_len, math.ceil(needed / FRAME_BUCKET) * FRAME_BUCKET)
+
+    # --- rendering -----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def render(
+        self,
+        requests: Sequence[ClipRequest],
+        *,
+        steps: int = 50,
+        guidance: float = 3.0,
+        window: str = "auto",
+        batch_size: int = 4,
+        progress: ProgressFn = no_progress,
+    ) -> list[Clip]:
+        """Render every request; clips of the same window size share a batch of at most ``batch_size``."""
+        _check_render_args(steps, guidance, window, batch_size)
+        by_frames: dict[int, list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            by_frames[self.window_frames(request.n_samples, window)].append(i)
+        clips: dict[int, Clip] = {}
+        done = 0
+        for frames, indices in sorted(by_frames.items()):
+            for start in range(0, len(indices), batch_size):
+                batch = [requests[i] for i in indices[start : start + batch_size]]
+                names = ", ".join(str(r.event.index + 1) for r in batch)
+                progress(Progress("render", done, len(requests), f"events {names}"))
+                waves = self._render_batch(batch, frames, steps, guidance, progress)
+                for i, request, wave in zip(indices[start : start + batch_size], batch, waves):
+                    clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, seed=request.seed)
+                done += len(batch)
+        progress(Progress("render", done, len(requests), "done"))
+        return [clips[i] for i in range(len(requests))]
+
+    def _render_batch(self, batch, frames, steps, guidance, progress) -> list[np.ndarray]:
+        # 1. Conditioning: caption tokens + duration token, pooled caption; unconditional half first.
+        use_cfg = guidance > 1.0
+        seconds = torch.tensor([r.n_samples / self.sample_rate for r in batch], device=self.device)
+        text, mask, pooled = self._encode_captions([r.event.caption for r in batch], with_uncond=use_cfg)
+        duration = self.dit.duration_emebdder(seconds.repeat(2 if use_cfg else 1))
+        context = torch.cat([text, duration.to(text.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        # 2. Starting noise: one generator per clip, drawn on the CPU so it is the same on every device.
+        latents = torch.stack([self._noise(r.seed, frames) for r in batch]).to(self.device)
+        # 3. Flow-matching Euler over the window.
+        latents = self._denoise(latents, context, mask, pooled, steps, guidance, progress)
+        # 4. VAE decode and cut each clip to its exact length.
+        audio = self.vae.decode(latents.transpose(1, 2).float()).sample.float().cpu().numpy()
+        return [_fit(audio[i], r.n_samples) for i, r in enumerate(batch)]
+
+    def _noise(self, seed: int, frames: int) -> torch.Tensor:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randn((frames, self.config.in_channels), generator=generator, dtype=torch.float32)
+
+    def _denoise(self, latents, context, mask, pooled, steps, guidance, progress) -> torch.Tensor:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+        scheduler.set_timesteps(sigmas=list(np.linspace(1.0, 1.0 / steps, steps)), device=self.device)
+        use_cfg = guidance > 1.0
+        frames = latents.shape[1]
+        img_ids = torch.arange(frames, device=self.device, dtype=torch.float32)[:, None].repeat(1, 3)
+        txt_ids = torch.zeros(context.shape[1], 3, device=self.device)
+        attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], frames)], dim=1)[:, None, None, :]
+        for i, t in enumerate(scheduler.timesteps):
+            model_input = torch.cat([latents, latents]) if use_cfg else latents
+            velocity = self.dit.transformer(
+                hidden_states=model_input.to(self.dtype),
+                timestep=(t / 1000).expand(model_input.shape[0]).to(self.dtype),
+                pooled_projections=pooled,
+                encoder_hidden_states=context,
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                joint_attention_kwargs={"attention_mask": attention_mask},
+                return_dict=False,
+            )[0].float()
+            if use_cfg:
+                uncond, cond = velocity.chunk(2)
+                velocity = uncond + guidance * (cond - uncond)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+            progress(Progress("step", i + 1, steps))
+        return latents
+
+    def _encode_captions(self, captions: list[str], *, with_uncond: bool):
+        """T5 states [B(*2), L, D], their mask and the pooled projection; the unconditional rows first.
+
+        Each caption is padded to the longest in the batch with its padding masked, so a clip does not
+        depend on its neighbours. As upstream, the unconditional text is "" padded to the caption's own
+        length and left unmasked.
+        """
+        tokens = self.tokenizer(
+            captions, max_length=MAX_TEXT_TOKENS, padding=True, truncation=True, return_tensors="pt"
+        ).to(self.device)
+        states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+        mask = tokens.attention_mask.bool()
+        pooled = _masked_mean(states, mask)
+        if with_uncond:
+            empty = self.tokenizer([""], return_tensors="pt").to(self.device)
+            empty_states = self.text_encoder(input_ids=empty.input_ids, attention_mask=empty.attention_mask)[0]
+            uncond, uncond_mask = self._uncond_like(mask)
+            uncond_pooled = _masked_mean(empty_states, empty.attention_mask.bool()).expand(len(captions), -1)
+            states = torch.cat([uncond, states])
+            mask = torch.cat([uncond_mask, mask])
+            pooled = torch.cat([uncond_pooled, pooled])
+        pooled = self.dit.fc(pooled.to(self.dtype))
+        return states.to(self.dtype), mask, pooled
+
+    def _uncond_like(self, mask: torch.Tensor):
+        """'' padded to each caption's own token count (unmasked there, as upstream), masked beyond."""
+        lengths = mask.sum(dim=1).tolist()
+        width = mask.shape[1]
+        ids = self.tokenizer(
+            [""] * len(lengths), max_length=width, padding="max_length", return_tensors="pt"
+        ).to(self.device)
+        states = self.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask)[0]
+        positions = torch.arange(width, device=self.device)[None, :]
+        uncond_mask = positions < torch.tensor(lengths, device=self.device)[:, None]
+        return states, uncond_mask
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _check_render_args(steps: int, guidance: float, window: str, batch_size: int) -> None:
+    if not 1 <= steps <= 1000:
+        raise InputError(f"steps = {steps}: must be between 1 and 1000")
+    if not (math.isfinite(guidance) and 0 <= guidance <= 50):
+        raise InputError(f"guidance = {guidance}: must be between 0 and 50 (1 or less turns guidance off)")
+    if window not in WINDOWS:
+        raise InputError(f"window = {window!r}: must be one of {', '.join(WINDOWS)}")
+    if batch_size < 1:
+        raise InputError(f"batch_size = {batch_size}: must be >= 1")
+
+
+def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(states.dtype)[..., None]
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def _fit(wave: np.ndarray, n_samples: int) -> np.ndarray:
+    """Cut (or, for a window shorter than the clip, zero-pad) to exactly ``n_samples``."""
+    if wave.shape[-1] < n_samples:
+        wave = np.pad(wave, ((0, 0), (0, n_samples - wave.shape[-1])))
+    return np.ascontiguousarray(wave[:, :n_samples], dtype=np.float32)
+
+
+def _read_config(path: Path) -> TangoFluxConfig:
+    try:
+        return TangoFluxConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelLoadError(f"cannot read decoder config {path}: {err}") from None
+
+
+def _load_text_encoder(folder: Path, config: TangoFluxConfig, device, dtype):
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    local = folder / "text_encoder"
+    path = local if local.is_dir() else resolve(config.text_encoder_name, TEXT_ENCODER_KIND)
+    # T5 overflows in fp16; bf16 and fp32 are safe.
+    t5_dtype = torch.float32 if dtype == torch.float16 else dtype
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = T5EncoderModel.from_pretrained(path, dtype=t5_dtype)
+    except Exception as err:  # noqa: BLE001 - any loader failure is one clear message
+        raise ModelLoadError(f"cannot load the T5 text encoder from {path}: {err}") from None
+    return encoder.to(device).eval(), tokenizer
+
+
+def _load_dit_weights(dit: TangoFluxDiT, text_encoder: nn.Module, path: Path) -> None:
+    """Strict load: every DiT key must be there and nothing unknown; ``text_encoder.*`` keys load into T5."""
+    from safetensors.torch import load_file
+
+    state = _read_safetensors(path, load_file)
+    t5_state = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    dit_state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
+    _strict_load(dit, dit_state, path)
+    if t5_state:
+        missing, unexpected = text_encoder.load_state_dict(t5_state, strict=False)
+        if unexpected:
+            raise ModelLoadError(f"{path}: unexpected text_encoder keys: {', '.join(sorted(unexpected)[:8])}")
+
+
+def _load_vae(path: Path):
+    from diffusers import AutoencoderOobleck
+    from safetensors.torch import load_file
+
+    state = _read_safetensors(path, load_file)
+    vae = AutoencoderOobleck(**_oobleck_config(state, path))
+    _strict_load(vae, state, path)
+    return vae
+
+
+def _oobleck_config(state: dict[str, torch.Tensor], path: Path) -> dict:
+    """Read the Oobleck VAE's sizes off its weights (the TangoFlux layout ships no VAE config)."""
+    try:
+        first = state["encoder.conv1.weight_v"]  # [hidden, audio_channels, 7]
+        hidden = first.shape[0]
+        blocks = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.block.")})
+        outs = [state[f"encoder.block.{i}.conv1.weight_v"] for i in blocks]  # [out, in, 2 * stride]
+        multiples = [w.shape[0] // hidden for w in outs]
+        decoder_in = state["decoder.conv1.weight_v"]  # [decoder_channels * multiples[-1], latent, 7]
+    except KeyError as err:
+        raise ModelLoadError(f"{path}: not an Oobleck VAE, missing key {err}") from None
+    return dict(
+        encoder_hidden_size=hidden,
+        downsampling_ratios=[w.shape[2] // 2 for w in outs],
+        channel_multiples=multiples,
+        decoder_channels=decoder_in.shape[0] // multiples[-1],
+        decoder_input_channels=decoder_in.shape[1],
+        audio_channels=first.shape[1],
+        sampling_rate=44100,
+    )
+
+
+def _read_safetensors(path: Path, load_file) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read {path}: {err}") from None
+
+
+def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{label}: {', '.join(keys[:5])}{more}")
+        raise ModelLoadError(f"{path} does not match the model: {'; '.join(parts)}")
+    module.load_state_dict(state, strict=True)
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence diffusers/transformers warnings and bars while loading; our CLI draws its own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
+
+
+def check_clip_fits(decoder: Decoder, event: Event, n_samples: int) -> None:
+    """Raise before any rendering when an event is longer than one window can hold."""
+    if n_samples > decoder.max_clip_samples:
+        raise AudiostoryError(
+            f"event {event.index} ('{event.caption[:40]}') needs {n_samples / decoder.sample_rate:.2f} s "
+            f"but the decoder renders at most {decoder.max_clip_s:.2f} s per clip",
+            hint="split it into shorter events in the plan",
+        )

@@ -1,0 +1,47 @@
+"""Pick the torch device and dtype once, from the user's words (``auto``, ``cuda``, ``bf16`` ...)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .errors import InputError
+
+DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto", *, announce: bool = True) -> torch.device:
+    """``auto`` takes CUDA when present, else MPS, else CPU, and says which on stderr."""
+    if name not in DEVICE_CHOICES:
+        raise InputError(f"device = {name!r}: must be one of {', '.join(DEVICE_CHOICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda")
+        elif torch.backends.mps.is_available():
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+        if announce:
+            print(f"audiostory: using device {device.type} (--device auto)", file=sys.stderr)
+        return device
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device = 'cuda' but no CUDA device is available", hint="use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device = 'mps' but MPS is not available", hint="use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device, *, announce: bool = True) -> torch.dtype:
+    """``auto`` is bf16 on CUDA and fp32 elsewhere; half precision on CPU falls back to fp32 with a warning."""
+    if name not in DTYPE_CHOICES:
+        raise InputError(f"dtype = {name!r}: must be one of {', '.join(DTYPE_CHOICES)}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu" and name == "fp16":
+        if announce:
+            print("audiostory: fp16 is not supported on CPU; using fp32 instead", file=sys.stderr)
+        return torch.float32
+    return _DTYPES[name]

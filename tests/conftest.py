@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random checkpoints built once per session, isolated state per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from audiostory_cli.testing import build_tiny_decoder, build_tiny_planner
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No test may reach the hub, and ``checkpoints/`` lookups land in an empty folder of the test's own."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AUDIOSTORY_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.delenv("AUDIOSTORY_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_planner(tmp_path_factory):
+    return build_tiny_planner(tmp_path_factory.mktemp("models") / "planner")
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory):
+    return build_tiny_decoder(tmp_path_factory.mktemp("models") / "decoder")

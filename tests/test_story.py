@@ -1,0 +1,118 @@
+"""Plan JSON: round trip, validation messages that name the field and the range, seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from audiostory_cli.errors import InputError, PlanError
+from audiostory_cli.story import (
+    Event,
+    Plan,
+    RenderSettings,
+    StoryRequest,
+    clip_seed,
+    load_plan,
+    plan_from_dict,
+    plan_to_dict,
+    plan_to_json,
+)
+
+
+def _plan_dict(**overrides):
+    data = {
+        "schema_version": 1,
+        "prompt": "rain then sun",
+        "total_s": 10.0,
+        "events": [
+            {"index": 0, "caption": "rain on a roof", "start_s": 0.0, "duration_s": 6.0},
+            {"index": 1, "caption": "birds sing", "start_s": 6.0, "duration_s": 4.0, "tone": "bright"},
+        ],
+    }
+    data.update(overrides)
+    return data
+
+
+def test_round_trip_keeps_every_field():
+    plan = Plan(
+        prompt="p",
+        total_s=7.5,
+        events=(Event(0, "waves", 0.0, 5.0, "calm", 0), Event(1, "wind", 0.0, 7.5, "cold", 1)),
+        reasoning="why",
+        tone="calm",
+        render=RenderSettings(seed=3, steps=10, guidance=4.5, crossfade_s=0.5, decoder="d", planner="p"),
+    )
+    assert plan_from_dict(json.loads(plan_to_json(plan))) == plan
+
+
+def test_example_plan_loads(tmp_path):
+    plan = load_plan("examples/plan.json")
+    assert [e.layer for e in plan.events].count(1) == 1
+    assert abs(sum(e.duration_s for e in plan.foreground()) - plan.total_s) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["events"][1].update(duration_s=-1), "events[1].duration_s = -1: must be > 0"),
+        (lambda d: d["events"][0].update(caption=""), "events[0].caption has 0 characters: must have 1 to 200"),
+        (lambda d: d["events"][1].update(start_s=5.0), "events[1].start_s = 5: must be >= 6"),
+        (lambda d: d["events"][1].update(duration_s=9.0), "events[1].duration_s = 9: the event ends at 15 s"),
+        (lambda d: d["events"][0].update(layer=7), "events[0].layer = 7: must be between 0 and 3"),
+        (lambda d: d["events"][0].update(index=4), "events[0].index = 4: must be 0"),
+        (lambda d: d["events"][0].update(colour="red"), "events[0].colour: unknown field"),
+        (lambda d: d.update(total_s=0), "total_s = 0: must be > 0 and <= 600"),
+        (lambda d: d.update(total_s="ten"), 'total_s = "ten": must be a number'),
+        (lambda d: d.update(events=[]), "events has 0 entries: must have 1 to 64"),
+        (lambda d: d.update(schema_version=2), "schema_version = 2"),
+        (lambda d: d.pop("total_s"), "total_s is missing"),
+    ],
+)
+def test_validation_names_field_and_range(mutate, message):
+    data = _plan_dict()
+    mutate(data)
+    with pytest.raises(PlanError) as err:
+        plan_from_dict(data)
+    assert message in str(err.value)
+
+
+def test_load_plan_reports_bad_json_with_position(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text('{"total_s": 10,\n "events": [}')
+    with pytest.raises(PlanError, match=r"plan.json: not valid JSON: .* line 2"):
+        load_plan(path)
+
+
+def test_load_plan_missing_file(tmp_path):
+    with pytest.raises(InputError, match="plan file not found"):
+        load_plan(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": "  "}, "the prompt is empty"),
+        ({"total_s": 0}, "duration = 0: must be > 0 and <= 600"),
+        ({"total_s": 601}, "duration = 601"),
+        ({"seed": -1}, "seed = -1"),
+    ],
+)
+def test_request_checks(kwargs, message):
+    args = {"prompt": "rain", "total_s": 10.0, **kwargs}
+    with pytest.raises(InputError, match=message):
+        StoryRequest(**args)
+
+
+def test_clip_seeds_differ_per_event_and_per_run():
+    seeds = {clip_seed(0, i) for i in range(64)} | {clip_seed(1, i) for i in range(64)}
+    assert len(seeds) == 128
+    assert clip_seed(5, 3) == clip_seed(5, 3)
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_render_settings_are_saved():
+    plan = plan_from_dict(_plan_dict()).with_render(
+        RenderSettings(seed=9, steps=3, guidance=1.0, crossfade_s=0.25, decoder="dec", planner=None)
+    )
+    assert plan_to_dict(plan)["render"]["seed"] == 9
