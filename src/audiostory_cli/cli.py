@@ -33,15 +33,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # usage errors as click prints them: plain lines, easy to grep
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 stderr = Console(stderr=True, highlight=False)
 DEBUG_ENV = "AUDIOSTORY_DEBUG"
 
 # --- option types shared by the commands ---------------------------------------------------------------
-
-_MODELS = "Models and hardware"
-_RENDER = "Rendering"
 
 
 def _check_output(value: Optional[Path]) -> Optional[Path]:
@@ -68,44 +66,40 @@ def _check_prompt(value: str) -> str:
 DecoderOpt = Annotated[
     Optional[str],
     typer.Option("--decoder", help="Decoder: a folder in the TangoFlux layout or a hub id "
-                 f"[default: {DEFAULT_DECODER}, or the one saved in the plan for render].", rich_help_panel=_MODELS),
+                 f"[default: {DEFAULT_DECODER}, or the one saved in the plan for render]."),
 ]  # fmt: skip
 PlannerOpt = Annotated[
     str,
-    typer.Option("--planner", help="Planner LLM: a folder, a .gguf file or a hub id of a chat model.",
-                 rich_help_panel=_MODELS),
+    typer.Option("--planner", help="Planner LLM: a folder, a .gguf file or a hub id of a chat model."),
 ]  # fmt: skip
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto, cuda, cpu or mps (auto: CUDA when present).", rich_help_panel=_MODELS)
+    str, typer.Option("--device", help="auto, cuda, cpu or mps (auto: CUDA when present).")
 ]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto, fp32, fp16 or bf16 (auto: bf16 on CUDA, fp32 elsewhere).",
-                      rich_help_panel=_MODELS),
+    str, typer.Option("--dtype", help="auto, fp32, fp16 or bf16 (auto: bf16 on CUDA, fp32 elsewhere)."),
 ]  # fmt: skip
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Base seed [default: 0].", rich_help_panel=_RENDER)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Base seed [default: 0].")]
 StepsOpt = Annotated[
-    Optional[int], typer.Option("--steps", min=1, max=1000, help="Denoising steps per clip [default: 50].",
-                                rich_help_panel=_RENDER),
+    Optional[int], typer.Option("--steps", min=1, max=1000, help="Denoising steps per clip [default: 50]."),
 ]  # fmt: skip
 GuidanceOpt = Annotated[
     Optional[float], typer.Option("--guidance", min=0, max=50, help="Classifier-free guidance scale; <= 1 turns it "
-                                  "off [default: 4.5].", rich_help_panel=_RENDER),
+                                  "off [default: 4.5]."),
 ]  # fmt: skip
 CrossfadeOpt = Annotated[
     Optional[float], typer.Option("--crossfade", min=0, max=10, help="Seconds two consecutive clips overlap, "
-                                  "equal-power [default: 1.0].", rich_help_panel=_RENDER),
+                                  "equal-power [default: 1.0]."),
 ]  # fmt: skip
 WindowOpt = Annotated[
     str, typer.Option("--window", help="auto: denoise only the latent frames a clip needs; full: always the "
-                      "model's 30 s window (upstream's behaviour, slower).", rich_help_panel=_RENDER),
+                      "model's 30 s window (upstream's behaviour, slower)."),
 ]  # fmt: skip
 BatchSizeOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, max=64, help="Clips denoised together (lower it if memory runs out).",
-                      rich_help_panel=_RENDER),
+    int, typer.Option("--batch-size", min=1, max=64, help="Clips denoised together (lower it if memory runs out)."),
 ]  # fmt: skip
 LoudnessOpt = Annotated[
     Optional[float], typer.Option("--loudness", min=-70, max=0, help="Normalise to this integrated loudness in "
-                                  "LUFS, e.g. -16 (default: off, peak-limited only).", rich_help_panel=_RENDER),
+                                  "LUFS, e.g. -16 (default: off, peak-limited only)."),
 ]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 

@@ -161,6 +161,9 @@ def generate_story(
 # --- batch ---------------------------------------------------------------------------------------------
 
 
+MAX_SLUG_CHARS = 48  # file names derived from prompts keep whole words up to this length
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One line of a prompts file."""
@@ -258,8 +261,12 @@ def safe_output_name(item: BatchItem, index: int, extension: str) -> str:
         if not name or name != Path(name).name or name in {".", ".."} or name.startswith("."):
             raise InputError(f"line {item.line}: output = {item.output!r}: must be a plain file name, no folders")
         return name if Path(name).suffix else name + extension
-    slug = re.sub(r"[^a-z0-9]+", "-", item.prompt.lower()).strip("-")[:48].rstrip("-") or "story"
-    return f"{index + 1:03d}-{slug}{extension}"
+    slug = ""
+    for word in re.findall(r"[a-z0-9]+", item.prompt.lower()):
+        if len(slug) + len(word) + 1 > MAX_SLUG_CHARS:
+            break
+        slug = f"{slug}-{word}" if slug else word
+    return f"{index + 1:03d}-{slug or 'story'}{extension}"
 
 
 def generate_batch(

@@ -1,0 +1,224 @@
+"""Audio files in and out: atomic writes (never a half-written file), reads, resampling.
+
+WAV, FLAC, OGG (Vorbis) and MP3 are written by soundfile (libsndfile); M4A and AAC by pydub through
+ffmpeg. Every write goes to a hidden ``.NAME.XXXX.partial.EXT`` file in the target folder, is fsynced,
+then renamed onto the target with ``os.replace``; on any failure, Ctrl-C included, the partial file
+is removed and an existing target is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile
+
+from .errors import AudioIOError, InputError
+
+# extension -> (libsndfile format, subtype); integer subtypes are clipped to [-1, 1] like every format
+_SOUNDFILE_FORMATS = {
+    ".wav": ("WAV", "PCM_24"),
+    ".flac": ("FLAC", "PCM_24"),  # FLAC stores at most 24 bits
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),  # needs libsndfile >= 1.1
+}
+# extension -> (ffmpeg muxer, ffmpeg codec), encoded through pydub
+_FFMPEG_FORMATS = {
+    ".m4a": ("ipod", "aac"),
+    ".aac": ("adts", "aac"),
+}
+SUPPORTED_EXTENSIONS = tuple(_SOUNDFILE_FORMATS) + tuple(_FFMPEG_FORMATS)  # output formats, lower case
+MAX_CHANNELS = 8  # more than this is almost surely a [samples, channels] array passed the wrong way round
+_PCM16_SCALE = 32767  # full scale of 16-bit PCM, the sample format handed to ffmpeg
+_FFMPEG_HINT = "install it with `apt-get install ffmpeg` or `brew install ffmpeg`, or write .wav/.flac/.ogg/.mp3"
+
+
+# --- paths --------------------------------------------------------------------------------------------
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` can take an audio file, before any heavy work; return it resolved.
+
+    Raises ``InputError`` for a missing or unsupported extension, a missing folder or a path that is a
+    folder, and ``AudioIOError`` when the encoder the extension needs is not available.
+    """
+    path = _check_target(path)
+    extension = path.suffix.lower()
+    if not extension:
+        raise InputError(f"output path {path} has no extension: add one of {', '.join(SUPPORTED_EXTENSIONS)}")
+    if extension not in SUPPORTED_EXTENSIONS:
+        supported = ", ".join(SUPPORTED_EXTENSIONS)
+        raise InputError(f"output format {extension} is not supported: use one of {supported}")
+    if extension in _FFMPEG_FORMATS and shutil.which("ffmpeg") is None:
+        raise AudioIOError(f"writing {extension} needs ffmpeg, which is not on PATH", hint=_FFMPEG_HINT)
+    if extension == ".mp3" and "MP3" not in soundfile.available_formats():
+        raise AudioIOError(
+            f"this libsndfile ({soundfile.__libsndfile_version__}) cannot write MP3",
+            hint="upgrade to libsndfile >= 1.1 (pip install -U soundfile), or write .wav/.flac/.ogg",
+        )
+    return path
+
+
+def _check_target(path: str | os.PathLike[str]) -> Path:
+    """The resolved path of a file to (over)write: its folder exists and it is not itself a folder."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        raise InputError(f"output path {path} is a folder: give a file name such as {path / 'story.wav'}")
+    if not path.parent.is_dir():
+        hint = f"create it with `mkdir -p {path.parent}`"
+        raise InputError(f"output folder {path.parent} does not exist", hint=hint)
+    return path
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+
+def write_audio(path: str | os.PathLike[str], wave: np.ndarray, sample_rate: int) -> Path:
+    """Write ``wave`` [channels, samples] float to ``path`` atomically; the format follows the extension."""
+    path = check_output_path(path)
+    _check_wave(wave)
+    _check_sample_rate(sample_rate)
+    samples = np.clip(wave, -1.0, 1.0).T  # [samples, channels], the layout both writers take
+    extension = path.suffix.lower()
+    if extension in _FFMPEG_FORMATS:
+        muxer, codec = _FFMPEG_FORMATS[extension]
+        return _atomic_write(path, lambda file: _export_ffmpeg(file, samples, sample_rate, muxer, codec))
+    file_format, subtype = _SOUNDFILE_FORMATS[extension]
+    return _atomic_write(
+        path, lambda file: soundfile.write(file, samples, sample_rate, format=file_format, subtype=subtype)
+    )
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, e.g. the plan JSON beside the audio."""
+    return _atomic_write(_check_target(path), lambda file: file.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Run ``write`` on a hidden partial file in ``path``'s folder, fsync it, rename it onto ``path``."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
+    try:
+        file = open(partial, "xb")  # created with the umask's permissions, as the target would be
+    except OSError as err:
+        raise AudioIOError(f"could not create a file in {path.parent}: {err.strerror or err}") from err
+    try:
+        with file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException as err:
+        partial.unlink(missing_ok=True)
+        if isinstance(err, (OSError, soundfile.SoundFileError)):
+            raise AudioIOError(f"could not write {path}: {err}") from err
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable where the OS allows opening a folder (POSIX)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _export_ffmpeg(file: BinaryIO, samples: np.ndarray, sample_rate: int, muxer: str, codec: str) -> None:
+    """Encode [samples, channels] in [-1, 1] through pydub + ffmpeg into ``file``."""
+    from pydub import AudioSegment  # imported here: pydub warns at import when ffmpeg is missing
+
+    from pydub.exceptions import CouldntEncodeError
+
+    pcm16 = np.round(samples * _PCM16_SCALE).astype("<i2")
+    segment = AudioSegment(pcm16.tobytes(), sample_width=2, frame_rate=sample_rate, channels=samples.shape[1])
+    try:
+        segment.export(file, format=muxer, codec=codec)
+    except CouldntEncodeError as err:
+        raise AudioIOError(f"ffmpeg could not encode {muxer}/{codec}: {str(err).strip()[-300:]}") from err
+
+
+# --- reading and resampling ---------------------------------------------------------------------------
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Read an audio file as (float32 [channels, samples], sample_rate); .m4a/.aac go through ffmpeg."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"audio file not found: {path}")
+    if path.suffix.lower() in _FFMPEG_FORMATS:
+        return _read_ffmpeg(path)
+    try:
+        samples, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as err:
+        raise AudioIOError(f"could not read {path}: {err}") from err
+    return np.ascontiguousarray(samples.T), int(sample_rate)
+
+
+def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    if shutil.which("ffmpeg") is None:
+        raise AudioIOError(f"reading {path.suffix} needs ffmpeg, which is not on PATH", hint=_FFMPEG_HINT)
+    from pydub import AudioSegment
+
+    try:
+        segment = AudioSegment.from_file(path)
+    except Exception as err:  # pydub raises CouldntDecodeError and bare Exceptions from ffmpeg
+        raise AudioIOError(f"could not read {path}: {err}") from err
+    scale = float(1 << (8 * segment.sample_width - 1))
+    samples = np.array(segment.get_array_of_samples(), dtype=np.float32).reshape(-1, segment.channels) / scale
+    return np.ascontiguousarray(samples.T), int(segment.frame_rate)
+
+
+def resample(wave: np.ndarray, from_sample_rate: int, to_sample_rate: int) -> np.ndarray:
+    """Resample ``wave`` [channels, samples]; torchaudio when importable, else soxr (HQ)."""
+    _check_sample_rate(from_sample_rate)
+    _check_sample_rate(to_sample_rate)
+    if from_sample_rate == to_sample_rate:
+        return wave
+    _check_wave(wave)
+    try:
+        import torchaudio.functional  # imports torch; tried first so a missing torchaudio costs nothing
+        import torch
+    except ImportError:
+        import soxr
+
+        resampled = soxr.resample(np.ascontiguousarray(wave.T), from_sample_rate, to_sample_rate, quality="HQ")
+        return np.ascontiguousarray(resampled.T, dtype=np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(wave))
+    resampled = torchaudio.functional.resample(tensor, from_sample_rate, to_sample_rate)
+    return resampled.numpy().astype(np.float32, copy=False)
+
+
+# --- checks -------------------------------------------------------------------------------------------
+
+
+def _check_wave(wave: np.ndarray) -> None:
+    if not isinstance(wave, np.ndarray) or wave.ndim != 2 or not np.issubdtype(wave.dtype, np.floating):
+        got = f"{wave.dtype} array of shape {wave.shape}" if isinstance(wave, np.ndarray) else type(wave).__name__
+        raise AudioIOError(f"audio must be a float array [channels, samples], got {got}")
+    channels, samples = wave.shape
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioIOError(
+            f"audio has {channels} channels: expected 1 to {MAX_CHANNELS} "
+            "(pass [channels, samples], not [samples, channels])"
+        )
+    if samples == 0:
+        raise AudioIOError("audio has no samples: nothing to write")
+    if not np.isfinite(wave).all():
+        raise AudioIOError("audio has non-finite samples (NaN or inf)")
+
+
+def _check_sample_rate(sample_rate: int) -> None:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioIOError(f"sample_rate = {sample_rate!r}: must be a positive integer (Hz)")

@@ -1,0 +1,287 @@
+"""The ``audiostory`` command end to end with the tiny checkpoints: files, lengths, seeds, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from audiostory_cli import decoder as decoder_module
+from audiostory_cli.cli import app
+
+PROMPT = "a storm reaches a quiet harbor, a ship's bell rings, the rain stops and gulls return"
+FAST = ["--steps", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def models(tiny_planner, tiny_decoder):
+    return ["--planner", tiny_planner, "--decoder", tiny_decoder]
+
+
+@pytest.fixture
+def short_plan(tmp_path):
+    """The example plan cut to 6 s: three foreground events and a bed under them."""
+    plan = json.loads(open("examples/plan.json").read())
+    plan["total_s"] = 6.0
+    plan["events"] = [
+        {**plan["events"][0], "start_s": 0.0, "duration_s": 2.0},
+        {**plan["events"][1], "start_s": 2.0, "duration_s": 2.5},
+        {**plan["events"][2], "start_s": 4.5, "duration_s": 1.5},
+        {**plan["events"][4], "index": 3, "start_s": 0.0, "duration_s": 6.0},
+    ]
+    path = tmp_path / "short.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def _audio(path):
+    wave, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    return wave.T, sample_rate
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --- generate ---------------------------------------------------------------------------------------------
+
+
+def test_generate_writes_stereo_story_of_the_planned_length(run, models, tmp_path):
+    out = tmp_path / "story.wav"
+    result = run("generate", PROMPT, "-o", out, "--duration", "3.3", "--seed", "7", *models, *FAST)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    wave, sample_rate = _audio(out)
+    plan = json.loads((tmp_path / "story.plan.json").read_text())
+    assert sample_rate == 44100 and wave.shape[0] == 2
+    assert wave.shape[1] == round(plan["total_s"] * sample_rate) == round(3.3 * 44100)
+    assert np.isfinite(wave).all() and np.abs(wave).max() > 0.01
+    assert plan["render"]["seed"] == 7 and plan["render"]["planner"] == str(models[1])
+
+
+def test_same_seed_same_samples_other_seed_differs(run, models, tmp_path):
+    for name, seed in (("a.wav", 1), ("b.wav", 1), ("c.wav", 2)):
+        result = run("generate", PROMPT, "-o", tmp_path / name, "--duration", "2", "--seed", seed, *models, *FAST)
+        assert result.exit_code == 0, result.output
+    a, b, c = (_audio(tmp_path / n)[0] for n in ("a.wav", "b.wav", "c.wav"))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_render_of_saved_plan_reproduces_generate(run, models, tmp_path):
+    first = tmp_path / "first.wav"
+    assert run("generate", PROMPT, "-o", first, "--duration", "2.5", "--seed", "11", *models, *FAST).exit_code == 0
+    again = tmp_path / "again.flac"
+    result = run("render", tmp_path / "first.plan.json", "-o", again, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    # FLAC stores 24-bit integers: compare against the WAV read back at the same precision.
+    np.testing.assert_allclose(_audio(again)[0], _audio(first)[0], atol=2**-22)
+    again_wav = tmp_path / "again.wav"
+    assert run("render", tmp_path / "first.plan.json", "-o", again_wav, "--device", "cpu").exit_code == 0
+    assert np.array_equal(_audio(again_wav)[0], _audio(first)[0])
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(run, models, tmp_path):
+    result = run("generate", PROMPT, "--dry-run", "--json", "--duration", "12", *models[:2], "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["total_s"] == 12 and len(plan["events"]) >= 1
+    assert "plan:" in result.stderr and "total: 12 s" in result.stderr
+    assert _files(tmp_path) == []
+
+
+def test_dry_run_with_output_writes_nothing(run, models, tmp_path):
+    result = run("generate", PROMPT, "--dry-run", "-o", tmp_path / "x.wav", *models[:2], "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path) == []
+
+
+# --- render -----------------------------------------------------------------------------------------------
+
+
+def test_render_hand_written_plan_with_layers(run, tiny_decoder, short_plan, tmp_path):
+    out = tmp_path / "short.wav"
+    result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, "--crossfade", "0.5", *FAST)
+    assert result.exit_code == 0, result.output
+    wave, sample_rate = _audio(out)
+    assert wave.shape == (2, 6 * 44100)
+    assert np.abs(wave).max() <= 10 ** (-1 / 20) + 1e-6  # peak-limited at -1 dBFS
+    saved = json.loads((tmp_path / "short.plan.json").read_text())
+    assert saved["render"]["crossfade_s"] == 0.5 and saved["render"]["planner"] is None
+
+
+def test_no_two_events_share_their_starting_noise(run, tiny_decoder, short_plan, tmp_path, monkeypatch):
+    drawn = []
+    original = decoder_module.Decoder._noise
+
+    def record(self, seed, frames):
+        noise = original(self, seed, frames)
+        drawn.append((seed, noise))
+        return noise
+
+    monkeypatch.setattr(decoder_module.Decoder, "_noise", record)
+    result = run("render", short_plan, "-o", tmp_path / "s.wav", "--decoder", tiny_decoder, *FAST)
+    assert result.exit_code == 0, result.output
+    assert len(drawn) == 4 and len({seed for seed, _ in drawn}) == 4
+    firsts = [noise[:8] for _, noise in drawn]
+    assert all(not np.allclose(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1 :])
+
+
+def test_render_example_plan_json(run, tiny_decoder, tmp_path):
+    out = tmp_path / "example.ogg"
+    result = run("render", "examples/plan.json", "-o", out, "--decoder", tiny_decoder, "--steps", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    info = sf.info(out)
+    assert info.samplerate == 44100 and info.channels == 2 and abs(info.duration - 24.0) < 0.01
+
+
+def test_event_longer_than_the_window_is_a_clear_error(run, tiny_decoder, tmp_path):
+    plan = {"total_s": 40, "events": [{"caption": "rain", "start_s": 0, "duration_s": 40}]}
+    (tmp_path / "long.json").write_text(json.dumps(plan))
+    result = run("render", tmp_path / "long.json", "-o", tmp_path / "long.wav", "--decoder", tiny_decoder, *FAST)
+    assert result.exit_code == 1
+    assert "event 0" in result.stderr and "at most 29.95 s per clip" in result.stderr
+    assert _files(tmp_path) == ["long.json"]
+
+
+# --- errors: one line, exit codes, no files ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["generate", "  ", "-o", "{tmp}/x.wav"], 2, "the prompt is empty"),
+        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--duration", "0"], 2, "must be > 0 and <= 600"),
+        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--duration", "601"], 2, "must be > 0 and <= 600"),
+        (["generate", PROMPT, "-o", "{tmp}/no/such/dir/x.wav"], 2, "does not exist"),
+        (["generate", PROMPT, "-o", "{tmp}/x.xyz"], 2, ".xyz"),
+        (["generate", PROMPT], 2, "an output file is needed"),
+        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--planner", "{tmp}/missing-planner"], 1, "missing-planner"),
+        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--decoder", "nobody/no-decoder"], 1, "nobody/no-decoder"),
+        (["render", "{tmp}/nope.json", "-o", "{tmp}/x.wav"], 1, "plan file not found"),
+        (["render", "{tmp}/bad.json", "-o", "{tmp}/x.wav"], 1, "not valid JSON"),
+        (["render", "{tmp}/invalid.json", "-o", "{tmp}/x.wav"], 1, "events[0].duration_s = -2: must be > 0"),
+        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--device", "tpu"], 1, "device = 'tpu'"),
+        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--steps", "0"], 2, "--steps"),
+    ],
+)
+def test_bad_input_one_line_exit_code_no_file(run, tiny_planner, tiny_decoder, tmp_path, args, code, message):
+    (tmp_path / "bad.json").write_text('{"total_s": 5, "events": [')
+    (tmp_path / "invalid.json").write_text(
+        json.dumps({"total_s": 5, "events": [{"caption": "rain", "start_s": 0, "duration_s": -2}]})
+    )
+    before = _files(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    defaults = []
+    if args[0] == "generate" and "--planner" not in args:
+        defaults += ["--planner", str(tiny_planner)]
+    if "--decoder" not in args:
+        defaults += ["--decoder", str(tiny_decoder)]
+    result = run(*args, *defaults, "--steps", "1") if "--steps" not in args else run(*args, *defaults)
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.stderr.split())
+    assert result.stdout == ""
+    assert _files(tmp_path) == before
+    if code == 1:
+        assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_model_message_says_where_it_looked(run, tmp_path):
+    result = run("render", "examples/plan.json", "-o", tmp_path / "x.wav", "--decoder", "nobody/no-decoder", *FAST)
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "hub cache" in message and "HF_HUB_OFFLINE=1" in message and "tangoflux.safetensors" in message
+
+
+def test_debug_env_shows_the_traceback(tmp_path, monkeypatch):
+    from audiostory_cli.errors import PlanError
+
+    monkeypatch.setenv("AUDIOSTORY_DEBUG", "1")
+    (tmp_path / "bad.json").write_text("{")
+    result = CliRunner().invoke(app, ["render", str(tmp_path / "bad.json"), "-o", str(tmp_path / "x.wav")])
+    assert isinstance(result.exception, PlanError)
+
+
+def test_failure_while_writing_leaves_no_audio(run, tiny_decoder, short_plan, tmp_path, monkeypatch):
+    from audiostory_cli import audio_io
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(audio_io, "write_text_atomic", broken)
+    out = tmp_path / "s.wav"
+    with pytest.raises(OSError):
+        run("render", short_plan, "-o", out, "--decoder", tiny_decoder, *FAST)
+    assert not out.exists()
+    assert _files(tmp_path) == ["short.json"]
+
+
+# --- batch ----------------------------------------------------------------------------------------------------
+
+
+def test_batch_plain_prompts_file(run, models, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    shutil.copy("examples/prompts.txt", prompts)
+    out = tmp_path / "out"
+    result = run("batch", prompts, "-d", out, "--duration", "1.5", *models, *FAST)
+    assert result.exit_code == 0, result.output
+    names = [n for n in _files(out) if n.endswith(".wav")]
+    assert names == [
+        "001-a-storm-reaches-a-quiet-harbor-a-ship-s-bell.wav",
+        "002-a-campfire-at-night-wood-crackles-an-owl-calls.wav",
+        "003-a-morning-train-journey-doors-close-wheels.wav",
+    ]
+    assert result.stdout.split() == [str(out / n) for n in names]
+    assert "batch summary" in result.stderr
+
+
+def test_batch_json_lines_with_a_bad_line(run, models, tmp_path):
+    lines = [json.loads(line) for line in open("examples/prompts.jsonl")]
+    for line in lines:
+        line["duration"] = 1.5  # the example's lengths, shortened for the test
+    lines.insert(1, {"prompt": "", "output": "empty.wav"})
+    lines.append({"prompt": "escape", "output": "../escape.wav"})
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json {\n")
+    prompts.write_text(prompts.read_text().replace("not json {", '{"prompt": 3}'))
+    out = tmp_path / "out"
+    result = run("batch", prompts, "-d", out, *models, *FAST)
+    assert result.exit_code == 1
+    assert sorted(n for n in _files(out) if not n.endswith(".plan.json")) == [
+        "003-a-blacksmith-at-work-the-forge-roars-a-hammer.wav",
+        "harbor.wav",
+        "library.flac",
+    ]
+    stderr = " ".join(result.stderr.split())
+    assert "line 2: the prompt is empty" in stderr
+    assert "line 5: output = '../escape.wav': must be a plain file name" in stderr
+    assert "line 6: prompt = 3: must be a string" in stderr
+    assert "3 of 6 prompts failed" in stderr
+    assert not (tmp_path / "escape.wav").exists()
+    harbor = json.loads((out / "harbor.plan.json").read_text())
+    assert harbor["render"]["seed"] == 7
+
+
+def test_help_explains_the_commands(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("generate", "render", "batch"):
+        assert command in result.stdout
+    generate_help = " ".join(run("generate", "--help").stdout.split())
+    for option in ("--dry-run", "--seed", "--crossfade", "--window", "--planner", "--decoder", "--json"):
+        assert option in generate_help
