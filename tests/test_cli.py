@@ -175,7 +175,8 @@ def test_event_longer_than_the_window_is_a_clear_error(run, tiny_decoder, tmp_pa
         (["render", "{tmp}/nope.json", "-o", "{tmp}/x.wav"], 1, "plan file not found"),
         (["render", "{tmp}/bad.json", "-o", "{tmp}/x.wav"], 1, "not valid JSON"),
         (["render", "{tmp}/invalid.json", "-o", "{tmp}/x.wav"], 1, "events[0].duration_s = -2: must be > 0"),
-        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--device", "tpu"], 1, "device = 'tpu'"),
+        (["generate", PROMPT, "-o", "{tmp}/x.wav", "--device", "tpu"], 2, "'tpu' is not one of auto, cuda, cpu, mps"),
+        (["render", "{tmp}/bad.json", "-o", "{tmp}/x.wav", "--window", "half"], 2, "'half' is not one of auto, full"),
         (["generate", PROMPT, "-o", "{tmp}/x.wav", "--steps", "0"], 2, "--steps"),
     ],
 )

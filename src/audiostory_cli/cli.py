@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -23,8 +21,9 @@ from rich.table import Table
 
 from . import __version__, audio_io
 from .checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+from .devices import DEVICE_CHOICES, DTYPE_CHOICES
 from .errors import AudiostoryError, InputError
-from .story import MAX_EVENTS, MAX_TOTAL_S, Plan, Progress, StoryRequest, load_plan, plan_to_json
+from .story import MAX_EVENTS, MAX_TOTAL_S, WINDOWS, Plan, Progress, StoryRequest, load_plan, plan_to_json
 
 app = typer.Typer(
     name="audiostory",
@@ -63,6 +62,15 @@ def _check_prompt(value: str) -> str:
     return value
 
 
+def _one_of(choices: tuple[str, ...]):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
 DecoderOpt = Annotated[
     Optional[str],
     typer.Option("--decoder", help="Decoder: a folder in the TangoFlux layout or a hub id "
@@ -73,12 +81,15 @@ PlannerOpt = Annotated[
     typer.Option("--planner", help="Planner LLM: a folder, a .gguf file or a hub id of a chat model."),
 ]  # fmt: skip
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto, cuda, cpu or mps (auto: CUDA when present).")
+    str, typer.Option("--device", callback=_one_of(DEVICE_CHOICES), help="auto: CUDA when present, else "
+                      "MPS, else CPU (said on stderr).")
 ]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto, fp32, fp16 or bf16 (auto: bf16 on CUDA, fp32 elsewhere)."),
+    str, typer.Option("--dtype", callback=_one_of(DTYPE_CHOICES), help="auto: bf16 on CUDA, fp32 elsewhere; fp16 on "
+                      "CPU falls back to fp32."),
 ]  # fmt: skip
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Base seed [default: 0].")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Base seed; clip i uses a seed derived from it "
+                                                 "and i [default: 0; render: the plan's saved seed].")]
 StepsOpt = Annotated[
     Optional[int], typer.Option("--steps", min=1, max=1000, help="Denoising steps per clip [default: 50]."),
 ]  # fmt: skip
@@ -91,7 +102,8 @@ CrossfadeOpt = Annotated[
                                   "equal-power [default: 1.0]."),
 ]  # fmt: skip
 WindowOpt = Annotated[
-    str, typer.Option("--window", help="auto: denoise only the latent frames a clip needs; full: always the "
+    str, typer.Option("--window", callback=_one_of(WINDOWS), help="auto: denoise only the latent frames a "
+                      "clip needs; full: always the "
                       "model's 30 s window (upstream's behaviour, slower)."),
 ]  # fmt: skip
 BatchSizeOpt = Annotated[
@@ -235,7 +247,7 @@ def _print_result(result, as_json: bool) -> None:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The story, e.g. 'a storm reaches a quiet harbor, a ship's bell "
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The story, e.g. 'a storm reaches a quiet harbor, a ship's bell "
                                           "rings, the rain stops and gulls return'.", callback=_check_prompt)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Audio file to write: .wav, .flac, "
                       ".ogg, .mp3 (or .m4a/.aac with ffmpeg). A plan is saved beside it as <name>.plan.json.",
@@ -327,7 +339,8 @@ def batch(
                         "otherwise.", callback=_check_duration)] = 30.0,
     audio_format: Annotated[str, typer.Option("--format", help="Extension of the derived file names: wav, flac, "
                             "ogg, mp3, m4a or aac.")] = "wav",
-    max_events: Annotated[int, typer.Option("--max-events", min=1, max=MAX_EVENTS)] = 8,
+    max_events: Annotated[int, typer.Option("--max-events", min=1, max=MAX_EVENTS,
+                          help="Most events the planner may use per story.")] = 8,
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,

@@ -30,7 +30,7 @@ from torch import nn
 
 from .checkpoints import ModelKind, resolve
 from .errors import AudiostoryError, InputError, ModelLoadError
-from .story import Clip, Event, Progress, ProgressFn, no_progress
+from .story import WINDOWS, Clip, Event, Progress, ProgressFn, no_progress
 
 DECODER_KIND = ModelKind(
     role="decoder",
@@ -41,7 +41,6 @@ DECODER_KIND = ModelKind(
 TEXT_ENCODER_KIND = ModelKind(
     role="text encoder", required=("config.json",), layout="a T5 encoder folder with config.json and its tokenizer"
 )
-WINDOWS = ("auto", "full")  # --window: follow the clip length, or always denoise the model's full window
 FRAME_BUCKET = 16  # auto windows are rounded up to a multiple of this many latent frames, so clips batch
 MAX_TEXT_TOKENS = 64  # captions are cut to this many T5 tokens (TangoFlux's max_text_seq_len)
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str = "auto", *, announce: bool = True) -> torch.device:
     """``auto`` takes CUDA when present, else MPS, else CPU, and says which on stderr."""
+    import torch
+
     if name not in DEVICE_CHOICES:
         raise InputError(f"device = {name!r}: must be one of {', '.join(DEVICE_CHOICES)}")
     if name == "auto":
@@ -35,7 +38,9 @@ def resolve_device(name: str = "auto", *, announce: bool = True) -> torch.device
 
 
 def resolve_dtype(name: str, device: torch.device, *, announce: bool = True) -> torch.dtype:
-    """``auto`` is bf16 on CUDA and fp32 elsewhere; half precision on CPU falls back to fp32 with a warning."""
+    """``auto`` is bf16 on CUDA and fp32 elsewhere; fp16 on CPU falls back to fp32 with a warning."""
+    import torch
+
     if name not in DTYPE_CHOICES:
         raise InputError(f"dtype = {name!r}: must be one of {', '.join(DTYPE_CHOICES)}")
     if name == "auto":
@@ -44,4 +49,4 @@ def resolve_dtype(name: str, device: torch.device, *, announce: bool = True) -> 
         if announce:
             print("audiostory: fp16 is not supported on CPU; using fp32 instead", file=sys.stderr)
         return torch.float32
-    return _DTYPES[name]
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import audio_io, mix
+from . import audio_io, loudness, mix
 from .decoder import ClipRequest, Decoder, check_clip_fits
 from .errors import AudiostoryError, InputError
 from .story import (
@@ -101,7 +101,7 @@ def render_plan(
     progress(Progress("mix", 0, 1, "mixing"))
     track = mix.compose(plan, clips, options.crossfade_s, peak_dbfs=options.peak_dbfs)
     if options.loudness_lufs is not None:
-        wave = mix.normalize_loudness(
+        wave = loudness.normalize_loudness(
             track.wave, track.sample_rate, options.loudness_lufs, peak_dbfs=options.peak_dbfs
         )
         track = replace(track, wave=wave)

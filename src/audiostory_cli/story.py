@@ -24,6 +24,7 @@ MAX_EVENTS = 64  # most events one plan may hold
 MAX_CAPTION_CHARS = 200  # a caption is one sentence of what is heard
 MAX_PROMPT_CHARS = 2000  # a story prompt is a paragraph, not a document
 MAX_LAYER = 3  # layer 0 is the foreground sequence; 1..3 are beds placed under it
+WINDOWS = ("auto", "full")  # latent window a clip denoises: sized to the clip, or the decoder's full window
 MAX_SEED = 2**63 - 1  # seeds are non-negative 64-bit integers
 _EPS_S = 1e-6  # tolerance for float seconds read back from JSON
 
