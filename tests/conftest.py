@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from audiostory_cli.testing import build_tiny_decoder, build_tiny_planner
 
@@ -13,6 +14,16 @@ def _offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("AUDIOSTORY_CHECKPOINTS", str(tmp_path / "checkpoints"))
     monkeypatch.delenv("AUDIOSTORY_DEBUG", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Tiny models are all overhead: extra threads only wait on each other (badly so on a busy machine)."""
+    threads = torch.get_num_threads()
+    if not request.node.get_closest_marker("slow"):
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -104,6 +104,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(run, models, tmp_path):
     assert _files(tmp_path) == []
 
 
+def test_long_story_is_planned_in_events_that_fit_the_decoder_window(run, models):
+    result = run("generate", PROMPT, "--dry-run", "--json", "--duration", "100", *models[:2], "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    events = json.loads(result.stdout)["events"]
+    assert len(events) >= 4
+    assert all(e["duration_s"] <= 29.95 - 1.0 for e in events)  # window minus the default crossfade
+
+
 def test_dry_run_with_output_writes_nothing(run, models, tmp_path):
     result = run("generate", PROMPT, "--dry-run", "-o", tmp_path / "x.wav", *models[:2], "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -286,3 +294,13 @@ def test_help_explains_the_commands(run):
     generate_help = " ".join(run("generate", "--help").stdout.split())
     for option in ("--dry-run", "--seed", "--crossfade", "--window", "--planner", "--decoder", "--json"):
         assert option in generate_help
+
+
+def test_loudness_option_normalises_the_story(run, tiny_decoder, short_plan, tmp_path):
+    from audiostory_cli.loudness import loudness_lufs
+
+    out = tmp_path / "loud.wav"
+    result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, "--loudness", "-30", *FAST)
+    assert result.exit_code == 0, result.output
+    wave, sample_rate = _audio(out)
+    assert loudness_lufs(wave, sample_rate) == pytest.approx(-30, abs=0.1)

@@ -13,6 +13,7 @@ from audiostory_cli.story import (
     RenderSettings,
     StoryRequest,
     clip_seed,
+    default_max_events,
     load_plan,
     plan_from_dict,
     plan_to_dict,
@@ -116,3 +117,15 @@ def test_render_settings_are_saved():
         RenderSettings(seed=9, steps=3, guidance=1.0, crossfade_s=0.25, decoder="dec", planner=None)
     )
     assert plan_to_dict(plan)["render"]["seed"] == 9
+
+
+def test_request_needs_enough_events_for_its_longest_event():
+    with pytest.raises(InputError, match=r"a 100 s story needs at least 4 events of at most 28.90 s.*--max-events to 4"):
+        StoryRequest("rain", 100.0, max_events=3, max_event_s=28.9)
+    assert StoryRequest("rain", 100.0, max_events=4, max_event_s=28.9).min_events == 4
+
+
+def test_default_max_events_grows_with_the_story():
+    assert default_max_events(30.0, 28.9) == 8
+    assert default_max_events(600.0, 28.9) == 21
+    assert default_max_events(600.0, None) == 8

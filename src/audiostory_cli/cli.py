@@ -23,7 +23,17 @@ from . import __version__, audio_io
 from .checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from .devices import DEVICE_CHOICES, DTYPE_CHOICES
 from .errors import AudiostoryError, InputError
-from .story import MAX_EVENTS, MAX_TOTAL_S, WINDOWS, Plan, Progress, StoryRequest, load_plan, plan_to_json
+from .story import (
+    MAX_EVENTS,
+    MAX_TOTAL_S,
+    WINDOWS,
+    Plan,
+    Progress,
+    StoryRequest,
+    default_max_events,
+    load_plan,
+    plan_to_json,
+)
 
 app = typer.Typer(
     name="audiostory",
@@ -254,8 +264,9 @@ def generate(
                       callback=_check_output)] = None,
     duration: Annotated[float, typer.Option("--duration", "-d", help="Length of the story in seconds (max 600).",
                         callback=_check_duration)] = 30.0,
-    max_events: Annotated[int, typer.Option("--max-events", min=1, max=MAX_EVENTS,
-                          help="Most events the planner may use.")] = 8,
+    max_events: Annotated[Optional[int], typer.Option("--max-events", min=1, max=MAX_EVENTS,
+                          help="Most events the planner may use [default: 8, or as many as the duration needs "
+                          "with events of at most one decoder window].")] = None,
     tone: Annotated[Optional[str], typer.Option("--tone", help="Overall tone, e.g. 'calm' (the planner picks "
                     "one if not given).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only plan: print the plan, write no audio.")] = False,
@@ -273,23 +284,33 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Plan a story with the LLM and render it to one audio file."""
-    from .pipeline import generate_story, plan_story
+    from .decoder import TangoFluxConfig
+    from .pipeline import generate_story, longest_event_s, plan_story
 
     if output is None and not dry_run:
         raise typer.BadParameter("an output file is needed (or use --dry-run)", param_hint="'--output' / '-o'")
     with _errors():
         options = _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness)
-        request = StoryRequest(prompt=prompt, total_s=duration, seed=options.seed, tone=tone, max_events=max_events)
         torch_device, torch_dtype = _hardware(device, dtype)
+        story_decoder = None if dry_run else _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
+        window_s = story_decoder.max_clip_s if story_decoder else TangoFluxConfig().max_clip_s
+        max_event_s = longest_event_s(window_s, options.crossfade_s)
+        request = StoryRequest(
+            prompt=prompt,
+            total_s=duration,
+            seed=options.seed,
+            tone=tone,
+            max_events=max_events or default_max_events(duration, max_event_s),
+            max_event_s=max_event_s,
+        )
         story_planner = _load_planner(planner, torch_device, torch_dtype)
-        if dry_run:
+        if story_decoder is None:
             with ProgressView() as view:
                 plan = plan_story(story_planner, request, progress=view)
             _show_plan(plan)
             if as_json:
                 typer.echo(plan_to_json(plan), nl=False)
             return
-        story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
         with ProgressView() as view:
             result = generate_story(story_planner, story_decoder, request, options, output, progress=view)
         _show_plan(result.plan)
@@ -339,8 +360,9 @@ def batch(
                         "otherwise.", callback=_check_duration)] = 30.0,
     audio_format: Annotated[str, typer.Option("--format", help="Extension of the derived file names: wav, flac, "
                             "ogg, mp3, m4a or aac.")] = "wav",
-    max_events: Annotated[int, typer.Option("--max-events", min=1, max=MAX_EVENTS,
-                          help="Most events the planner may use per story.")] = 8,
+    max_events: Annotated[Optional[int], typer.Option("--max-events", min=1, max=MAX_EVENTS,
+                          help="Most events the planner may use per story [default: 8, or as many as the "
+                          "duration needs].")] = None,
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,

@@ -60,6 +60,11 @@ class TangoFluxConfig:
     uncondition: bool = False  # training flag, unused at inference
     text_encoder_name: str = "google/flan-t5-large"  # reference of the T5 text encoder
 
+    @property
+    def max_clip_s(self) -> float:
+        """The longest clip one window holds, with the Stable Audio Open VAE (2048 samples a frame, 44.1 kHz)."""
+        return self.audio_seq_len * 2048 / 44100
+
     @classmethod
     def from_dict(cls, data: dict) -> TangoFluxConfig:
         known = {f.name for f in fields(cls)}
@@ -67,12 +72,21 @@ class TangoFluxConfig:
 
 
 @dataclass(frozen=True)
+class TextTokens:
+    """What fills the decoder's text-conditioning slot for one clip (the duration token follows it)."""
+
+    states: torch.Tensor  # [L, D] token features (T5 states of the caption, or the bridge's fused queries)
+    pooled: torch.Tensor  # [D] pooled text vector, projected by the DiT's ``fc`` into its global conditioning
+
+
+@dataclass(frozen=True)
 class ClipRequest:
     """One clip to render."""
 
-    event: Event  # the event it renders (its caption conditions the clip)
+    event: Event  # the event it renders
     n_samples: int  # exact length of the clip in samples (event span plus crossfade tail)
     seed: int  # seed of this clip's starting noise
+    text: TextTokens | None = None  # conditioning; None: the T5 encoding of ``event.caption``
 
 
 class _StableAudioPositionalEmbedding(nn.Module):
@@ -137,6 +151,7 @@ class Decoder:
         self.tokenizer = tokenizer
         self.device: torch.device = device
         self.dtype: torch.dtype = dtype  # dtype of the DiT; the VAE stays fp32
+        self._uncond_cache: dict[int, TextTokens] = {}  # unconditional text by token count
 
     # --- loading -------------------------------------------------------------------------------------
 
@@ -234,12 +249,15 @@ class Decoder:
         return [clips[i] for i in range(len(requests))]
 
     def _render_batch(self, batch, frames, steps, guidance, progress) -> list[np.ndarray]:
-        # 1. Conditioning: caption tokens + duration token, pooled caption; unconditional half first.
+        # 1. Conditioning: text tokens + duration token, pooled text; unconditional half first.
         use_cfg = guidance > 1.0
+        texts = [r.text if r.text is not None else self.encode_text(r.event.caption) for r in batch]
+        if use_cfg:
+            texts = [self._uncond_like(t) for t in texts] + texts
+        context, mask, pooled = self._stack_texts(texts)
         seconds = torch.tensor([r.n_samples / self.sample_rate for r in batch], device=self.device)
-        text, mask, pooled = self._encode_captions([r.event.caption for r in batch], with_uncond=use_cfg)
         duration = self.dit.duration_emebdder(seconds.repeat(2 if use_cfg else 1))
-        context = torch.cat([text, duration.to(text.dtype)], dim=1)
+        context = torch.cat([context, duration.to(context.dtype)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         # 2. Starting noise: one generator per clip, drawn on the CPU so it is the same on every device.
         latents = torch.stack([self._noise(r.seed, frames) for r in batch]).to(self.device)
@@ -282,41 +300,33 @@ class Decoder:
             progress(Progress("step", i + 1, steps))
         return latents
 
-    def _encode_captions(self, captions: list[str], *, with_uncond: bool):
-        """T5 states [B(*2), L, D], their mask and the pooled projection; the unconditional rows first.
+    @torch.inference_mode()
+    def encode_text(self, text: str) -> TextTokens:
+        """T5 states of one text, unpadded (cut to ``MAX_TEXT_TOKENS``), and their mean."""
+        tokens = self.tokenizer([text], max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt")
+        states = self.text_encoder(input_ids=tokens.input_ids.to(self.device))[0][0].float()
+        return TextTokens(states=states, pooled=states.mean(dim=0))
 
-        Each caption is padded to the longest in the batch with its padding masked, so a clip does not
-        depend on its neighbours. As upstream, the unconditional text is "" padded to the caption's own
-        length and left unmasked.
-        """
-        tokens = self.tokenizer(
-            captions, max_length=MAX_TEXT_TOKENS, padding=True, truncation=True, return_tensors="pt"
-        ).to(self.device)
-        states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)[0]
-        mask = tokens.attention_mask.bool()
-        pooled = _masked_mean(states, mask)
-        if with_uncond:
-            empty = self.tokenizer([""], return_tensors="pt").to(self.device)
-            empty_states = self.text_encoder(input_ids=empty.input_ids, attention_mask=empty.attention_mask)[0]
-            uncond, uncond_mask = self._uncond_like(mask)
-            uncond_pooled = _masked_mean(empty_states, empty.attention_mask.bool()).expand(len(captions), -1)
-            states = torch.cat([uncond, states])
-            mask = torch.cat([uncond_mask, mask])
-            pooled = torch.cat([uncond_pooled, pooled])
-        pooled = self.dit.fc(pooled.to(self.dtype))
+    def _uncond_like(self, text: TextTokens) -> TextTokens:
+        """As upstream: "" padded to the caption's own token count (the padding attends), pooled over "" alone."""
+        length = text.states.shape[0]
+        if length not in self._uncond_cache:
+            ids = self.tokenizer([""], max_length=length, padding="max_length", return_tensors="pt").to(self.device)
+            states = self.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask)[0][0].float()
+            valid = ids.attention_mask[0].bool()
+            self._uncond_cache[length] = TextTokens(states=states, pooled=states[valid].mean(dim=0))
+        return self._uncond_cache[length]
+
+    def _stack_texts(self, texts: list[TextTokens]):
+        """Pad to the longest with the padding masked, so a clip does not depend on its batch neighbours."""
+        width = max(t.states.shape[0] for t in texts)
+        states = torch.zeros(len(texts), width, texts[0].states.shape[1], device=self.device)
+        mask = torch.zeros(len(texts), width, dtype=torch.bool, device=self.device)
+        for row, text in enumerate(texts):
+            states[row, : text.states.shape[0]] = text.states
+            mask[row, : text.states.shape[0]] = True
+        pooled = self.dit.fc(torch.stack([t.pooled for t in texts]).to(self.device, self.dtype))
         return states.to(self.dtype), mask, pooled
-
-    def _uncond_like(self, mask: torch.Tensor):
-        """'' padded to each caption's own token count (unmasked there, as upstream), masked beyond."""
-        lengths = mask.sum(dim=1).tolist()
-        width = mask.shape[1]
-        ids = self.tokenizer(
-            [""] * len(lengths), max_length=width, padding="max_length", return_tensors="pt"
-        ).to(self.device)
-        states = self.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask)[0]
-        positions = torch.arange(width, device=self.device)[None, :]
-        uncond_mask = positions < torch.tensor(lengths, device=self.device)[:, None]
-        return states, uncond_mask
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -331,11 +341,6 @@ def _check_render_args(steps: int, guidance: float, window: str, batch_size: int
         raise InputError(f"window = {window!r}: must be one of {', '.join(WINDOWS)}")
     if batch_size < 1:
         raise InputError(f"batch_size = {batch_size}: must be >= 1")
-
-
-def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.to(states.dtype)[..., None]
-    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
 def _fit(wave: np.ndarray, n_samples: int) -> np.ndarray:

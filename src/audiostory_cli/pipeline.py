@@ -24,10 +24,14 @@ from .story import (
     StoryRequest,
     Track,
     clip_seed,
+    default_max_events,
     no_progress,
     plan_to_json,
 )
 
+
+
+EVENT_MARGIN_S = 0.05  # planned events stay this far below the decoder window, for rounding to milliseconds
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,11 @@ class StoryResult:
 def plan_path_for(audio_path: Path) -> Path:
     """``story.wav`` -> ``story.plan.json``, beside the audio."""
     return audio_path.with_name(audio_path.stem + ".plan.json")
+
+
+def longest_event_s(clip_window_s: float, crossfade_s: float) -> float:
+    """The longest event a planner may write so that event + crossfade tail fits one decoder window."""
+    return clip_window_s - crossfade_s - EVENT_MARGIN_S
 
 
 def plan_story(planner, request: StoryRequest, *, progress: ProgressFn = no_progress) -> Plan:
@@ -277,12 +286,15 @@ def generate_batch(
     *,
     default_duration_s: float,
     options: RenderOptions,
-    max_events: int = 8,
+    max_events: int | None = None,
     extension: str = ".wav",
     progress: ProgressFn = no_progress,
     on_outcome: Callable[[BatchOutcome], None] = lambda _: None,
 ) -> list[BatchOutcome]:
-    """Generate every item; a bad item is reported and skipped, the rest go on."""
+    """Generate every item; a bad item is reported and skipped, the rest go on.
+
+    ``max_events`` None: enough events for each story, at least 8 (``story.default_max_events``)."""
+    max_event_s = longest_event_s(decoder.max_clip_s, options.crossfade_s)
     outcomes = []
     taken: set[str] = set()
     for index, item in enumerate(items):
@@ -294,12 +306,14 @@ def generate_batch(
             if name in taken:
                 raise InputError(f"line {item.line}: output {name} is used by an earlier line")
             taken.add(name)
+            total_s = item.duration_s if item.duration_s is not None else default_duration_s
             request = StoryRequest(
                 prompt=item.prompt,
-                total_s=item.duration_s if item.duration_s is not None else default_duration_s,
+                total_s=total_s,
                 seed=item.seed if item.seed is not None else options.seed,
                 tone=item.tone,
-                max_events=max_events,
+                max_events=max_events or default_max_events(total_s, max_event_s),
+                max_event_s=max_event_s,
             )
             result = generate_story(planner, decoder, request, options, outdir / name, progress=progress)
             outcome = BatchOutcome(item, result, None, time.perf_counter() - started)

@@ -38,6 +38,7 @@ class StoryRequest:
     seed: int = 0  # base seed; each clip's seed is derived from it and the event index
     tone: str | None = None  # optional overall tone ("calm", "ominous"); the planner picks one if None
     max_events: int = 8  # upper bound on the number of events the planner may return
+    max_event_s: float | None = None  # longest event the decoder renders as one clip; None: no bound
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -45,6 +46,23 @@ class StoryRequest:
         check_seed(self.seed)
         if not 1 <= self.max_events <= MAX_EVENTS:
             raise InputError(f"max_events = {self.max_events}: must be between 1 and {MAX_EVENTS}")
+        if self.max_event_s is not None and self.min_events > self.max_events:
+            raise InputError(
+                f"a {self.total_s:g} s story needs at least {self.min_events} events of at most "
+                f"{self.max_event_s:.2f} s, but max_events = {self.max_events}",
+                hint=f"raise --max-events to {self.min_events} or shorten --duration",
+            )
+
+    @property
+    def min_events(self) -> int:
+        """Fewest events that cover ``total_s`` when none may last longer than ``max_event_s``."""
+        return 1 if self.max_event_s is None else math.ceil(self.total_s / self.max_event_s - 1e-9)
+
+
+def default_max_events(total_s: float, max_event_s: float | None) -> int:
+    """``--max-events`` when not given: 8, or as many as a story of ``total_s`` needs."""
+    needed = 1 if max_event_s is None else math.ceil(total_s / max_event_s - 1e-9)
+    return min(MAX_EVENTS, max(8, needed))
 
 
 @dataclass(frozen=True)
