@@ -110,3 +110,49 @@ def test_bf16_runs_on_cpu(tiny_decoder):
     decoder = Decoder.load(str(tiny_decoder), device=CPU, dtype=torch.bfloat16)
     (clip,) = decoder.render([_request(0, 0.5, seed=1)], steps=2)
     assert clip.wave.dtype == np.float32 and np.isfinite(clip.wave).all()
+
+
+def _joined_pair(seconds=(1.5, 1.5), tail_s=0.5, captions=("rain on a tin roof", "a dog barks twice")):
+    """Two clips on one timeline; the first renders ``tail_s`` past its end, under the second's head."""
+    sr = 44100
+    first_span = round(seconds[0] * sr)
+    a = ClipRequest(Event(0, captions[0], 0.0, seconds[0]), first_span + round(tail_s * sr), seed=1)
+    b = ClipRequest(Event(1, captions[1], seconds[0], seconds[1]), round(seconds[1] * sr), seed=2,
+                    start_sample=first_span, continues=0)  # fmt: skip
+    return [a, b], first_span, round(tail_s * sr)
+
+
+def _overlap_error(clips, first_span, tail):
+    """Relative difference between the first clip's tail and the second clip's head (the crossfade region)."""
+    tail_audio = clips[0].wave[:, first_span : first_span + tail]
+    head_audio = clips[1].wave[:, :tail]
+    return np.linalg.norm(tail_audio - head_audio) / np.linalg.norm(tail_audio)
+
+
+def test_continuation_makes_both_sides_of_a_crossfade_the_same_sound(decoder):
+    requests, first_span, tail = _joined_pair(tail_s=1.0)
+    together = decoder.render(requests, steps=4, continuation=True)
+    apart = decoder.render(requests, steps=4, continuation=False)
+    assert _overlap_error(together, first_span, tail) < 0.25 * _overlap_error(apart, first_span, tail)
+    # Where the earlier clip still dominates the crossfade (its first three quarters), the two sides match;
+    # at the very end the earlier clip's own last frames (past its audio) colour it a little.
+    quarter = tail * 3 // 4
+    head = together[1].wave[:, :quarter]
+    expected = together[0].wave[:, first_span : first_span + quarter]
+    assert np.linalg.norm(head - expected) / np.linalg.norm(expected) < 0.05
+    assert [c.wave.shape[1] for c in together] == [r.n_samples for r in requests]
+
+
+def test_continuation_leaves_the_first_clip_as_it_was(decoder):
+    requests, _, _ = _joined_pair()
+    alone = decoder.render(requests[:1], steps=3, continuation=False)[0].wave
+    chained = decoder.render(requests, steps=3, continuation=True)[0].wave
+    np.testing.assert_allclose(chained, alone, atol=1e-5)
+
+
+def test_clip_longer_than_a_window_is_exact_and_continues_across_windows(decoder):
+    seconds = 2.5 * decoder.max_clip_s
+    request = _request(0, seconds, seed=3)
+    (clip,) = decoder.render([request], steps=2, continuation=False)
+    assert clip.wave.shape == (2, request.n_samples)
+    assert np.isfinite(clip.wave).all()

@@ -24,6 +24,7 @@ from .checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from .devices import DEVICE_CHOICES, DTYPE_CHOICES
 from .errors import AudiostoryError, InputError
 from .story import (
+    DEFAULT_COHERENCE,
     MAX_EVENTS,
     MAX_TOTAL_S,
     WINDOWS,
@@ -123,6 +124,21 @@ LoudnessOpt = Annotated[
     Optional[float], typer.Option("--loudness", min=-70, max=0, help="Normalise to this integrated loudness in "
                                   "LUFS, e.g. -16 (default: off, peak-limited only)."),
 ]  # fmt: skip
+CoherenceOpt = Annotated[
+    Optional[float], typer.Option("--coherence", min=0, max=1, help="Weight of the residual query (story prompt, "
+                                  "tone, earlier events) fused into each clip's conditioning; 0: the caption alone "
+                                  f"[default: {DEFAULT_COHERENCE}; render: the plan's saved value]."),
+]  # fmt: skip
+ContinuationOpt = Annotated[
+    Optional[bool], typer.Option("--continuation/--no-continuation", help="Generate each clip's head as the "
+                                 "continuation of the previous clip's tail, so both sides of a crossfade are the "
+                                 "same sound (clips then render one after another) [default: on; render: the "
+                                 "plan's saved value]."),
+]  # fmt: skip
+BridgeOpt = Annotated[
+    Optional[Path], typer.Option("--bridge", help="A trained bridge folder (from `audiostory train-bridge`): the "
+                                 "planner LLM's query states replace the text encoder's caption features."),
+]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
@@ -198,27 +214,34 @@ def _load_decoder(ref: str, device, dtype):
         return Decoder.load(ref, device=device, dtype=dtype)
 
 
-def _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness, base=None):
-    """Command-line values win; then the plan's saved settings (``render``); then the defaults."""
+_SAVED_SETTINGS = ("seed", "steps", "guidance", "crossfade_s", "coherence", "continuation")  # kept in plan.json
+
+
+def _render_options(base: Plan | None = None, **values):
+    """Command-line values win; then the plan's saved settings (``render`` in plan.json); then the defaults.
+    ``values`` are RenderOptions fields, None where the option was not given."""
     from .pipeline import RenderOptions
 
-    defaults = RenderOptions()
-    saved = base.render if base is not None and base.render is not None else None
-
-    def pick(value, name):
+    saved = base.render if base is not None else None
+    chosen = {}
+    for name, value in values.items():
+        if value is None and saved is not None and name in _SAVED_SETTINGS:
+            value = getattr(saved, name)
         if value is not None:
-            return value
-        return getattr(saved, name) if saved is not None else getattr(defaults, name)
+            chosen[name] = value
+    return RenderOptions(**chosen)
 
-    return RenderOptions(
-        seed=pick(seed, "seed"),
-        steps=pick(steps, "steps"),
-        guidance=pick(guidance, "guidance"),
-        crossfade_s=pick(crossfade, "crossfade_s"),
-        window=window,
-        batch_size=batch_size,
-        loudness_lufs=loudness,
-    )
+
+def _load_bridge(path: Optional[Path], planner_ref: Optional[str], device, dtype, planner=None):
+    """A trained bridge (``--bridge``) with the planner it reads hidden states from, or (None, planner)."""
+    if path is None:
+        return None, planner
+    from .bridge_training import BridgeAdapter, TrainedBridge
+
+    _, config = BridgeAdapter.load(path)
+    if planner is None:
+        planner = _load_planner(planner_ref or config.planner, device, dtype)
+    return TrainedBridge.load(path, planner), planner
 
 
 # --- output ----------------------------------------------------------------------------------------------
@@ -277,6 +300,9 @@ def generate(
     window: WindowOpt = "auto",
     batch_size: BatchSizeOpt = 4,
     loudness: LoudnessOpt = None,
+    coherence: CoherenceOpt = None,
+    continuation: ContinuationOpt = None,
+    bridge_path: BridgeOpt = None,
     planner: PlannerOpt = DEFAULT_PLANNER,
     decoder: DecoderOpt = None,
     device: DeviceOpt = "auto",
@@ -290,7 +316,10 @@ def generate(
     if output is None and not dry_run:
         raise typer.BadParameter("an output file is needed (or use --dry-run)", param_hint="'--output' / '-o'")
     with _errors():
-        options = _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness)
+        options = _render_options(
+            seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
+            continuation=continuation, window=window, batch_size=batch_size, loudness_lufs=loudness,
+        )  # fmt: skip
         torch_device, torch_dtype = _hardware(device, dtype)
         story_decoder = None if dry_run else _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
         window_s = story_decoder.max_clip_s if story_decoder else TangoFluxConfig().max_clip_s
@@ -311,8 +340,11 @@ def generate(
             if as_json:
                 typer.echo(plan_to_json(plan), nl=False)
             return
+        trained_bridge, _ = _load_bridge(bridge_path, planner, torch_device, torch_dtype, story_planner)
         with ProgressView() as view:
-            result = generate_story(story_planner, story_decoder, request, options, output, progress=view)
+            result = generate_story(
+                story_planner, story_decoder, request, options, output, trained_bridge=trained_bridge, progress=view
+            )
         _show_plan(result.plan)
         _print_result(result, as_json)
 
@@ -330,6 +362,11 @@ def render(
     window: WindowOpt = "auto",
     batch_size: BatchSizeOpt = 4,
     loudness: LoudnessOpt = None,
+    coherence: CoherenceOpt = None,
+    continuation: ContinuationOpt = None,
+    bridge_path: BridgeOpt = None,
+    planner: Annotated[Optional[str], typer.Option("--planner", help="With --bridge: the planner LLM it reads "
+                       "[default: the one the bridge was trained with].")] = None,
     decoder: DecoderOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -341,13 +378,22 @@ def render(
 
     with _errors():
         plan = load_plan(plan_file)
-        options = _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness, base=plan)
+        options = _render_options(
+            plan, seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
+            continuation=continuation, window=window, batch_size=batch_size, loudness_lufs=loudness,
+        )  # fmt: skip
         saved_decoder = plan.render.decoder if plan.render is not None and plan.render.decoder else None
         torch_device, torch_dtype = _hardware(device, dtype)
         story_decoder = _load_decoder(decoder or saved_decoder or DEFAULT_DECODER, torch_device, torch_dtype)
         planner_ref = plan.render.planner if plan.render is not None else None
+        saved_bridge = plan.render.bridge if plan.render is not None else None
+        bridge_folder = bridge_path or (Path(saved_bridge) if saved_bridge else None)
+        trained_bridge, _ = _load_bridge(bridge_folder, planner, torch_device, torch_dtype)
         with ProgressView() as view:
-            result = render_to_file(story_decoder, plan, options, output, planner_ref=planner_ref, progress=view)
+            result = render_to_file(
+                story_decoder, plan, options, output, planner_ref=planner_ref, trained_bridge=trained_bridge,
+                progress=view,
+            )  # fmt: skip
         _print_result(result, as_json)
 
 
@@ -370,6 +416,9 @@ def batch(
     window: WindowOpt = "auto",
     batch_size: BatchSizeOpt = 4,
     loudness: LoudnessOpt = None,
+    coherence: CoherenceOpt = None,
+    continuation: ContinuationOpt = None,
+    bridge_path: BridgeOpt = None,
     planner: PlannerOpt = DEFAULT_PLANNER,
     decoder: DecoderOpt = None,
     device: DeviceOpt = "auto",
@@ -386,10 +435,14 @@ def batch(
         items = read_prompts_file(prompts_file)
         if outdir.exists() and not outdir.is_dir():
             raise AudiostoryError(f"--outdir {outdir} is a file", hint="give a folder")
-        options = _render_options(seed, steps, guidance, crossfade, window, batch_size, loudness)
+        options = _render_options(
+            seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
+            continuation=continuation, window=window, batch_size=batch_size, loudness_lufs=loudness,
+        )  # fmt: skip
         torch_device, torch_dtype = _hardware(device, dtype)
         story_planner = _load_planner(planner, torch_device, torch_dtype)
         story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
+        trained_bridge, _ = _load_bridge(bridge_path, planner, torch_device, torch_dtype, story_planner)
         outdir.mkdir(parents=True, exist_ok=True)
 
         def report(outcome) -> None:
@@ -400,7 +453,8 @@ def batch(
         with ProgressView() as view:
             outcomes = generate_batch(
                 story_planner, story_decoder, items, outdir, default_duration_s=duration, options=options,
-                max_events=max_events, extension=extension, progress=view, on_outcome=report,
+                max_events=max_events, extension=extension, trained_bridge=trained_bridge, progress=view,
+                on_outcome=report,
             )  # fmt: skip
         _show_summary(outcomes, as_json)
         failed = sum(o.result is None for o in outcomes)
@@ -424,6 +478,52 @@ def _show_summary(outcomes, as_json: bool) -> None:
                                    "audio": str(o.result.audio_path) if o.result else None, "error": o.error}))
         elif o.result:
             typer.echo(str(o.result.audio_path))
+
+
+@app.command("train-bridge")
+def train_bridge_command(
+    captions: Annotated[Path, typer.Argument(metavar="CAPTIONS", help="A text file with one caption a line (blank "
+                        "and # lines skipped), or a folder of plan files whose event captions are used.")],
+    outdir: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bridge: bridge.safetensors, "
+                      "bridge_config.json and train_state.pt (created if missing).")],
+    planner: PlannerOpt = DEFAULT_PLANNER,
+    decoder: DecoderOpt = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps in all (a resumed run counts the "
+                     "steps already done).")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Captions per step.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", min=1e-8, max=1.0, help="AdamW learning rate.")] = 1e-3,
+    save_every: Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint every this many steps (and "
+                          "at the end).")] = 100,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the checkpoint in the output folder.")] = False,
+    seed: SeedOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    n_queries: Annotated[Optional[int], typer.Option("--n-queries", min=1, max=512, help="Query embeddings, = "
+                         "rows of the bridge's output [default: 32; with --resume: the checkpoint's].")] = None,
+) -> None:
+    """Train a bridge (AudioStory's semantic alignment): the planner LLM's states at learned queries appended
+    after each caption, projected onto the decoder's T5 features of that caption. Use it with --bridge."""
+    from .bridge_training import STATE_FILE, read_captions, train_bridge
+
+    with _errors():
+        texts = read_captions(captions)
+        torch_device, torch_dtype = _hardware(device, dtype)
+        story_planner = _load_planner(planner, torch_device, torch_dtype)
+        story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
+        try:
+            with ProgressView() as view:
+                result = train_bridge(
+                    story_planner, story_decoder, texts, outdir, steps=steps, batch_size=batch_size, lr=lr,
+                    save_every=save_every, resume=resume, seed=seed or 0, n_queries=n_queries, progress=view,
+                )  # fmt: skip
+        except KeyboardInterrupt:
+            kept = f"the last checkpoint in {outdir} is kept (continue with --resume)"
+            stderr.print(f"[bold red]interrupted[/]: {kept if (outdir / STATE_FILE).exists() else 'nothing was saved'}")
+            raise typer.Exit(130) from None
+        typer.echo(str(result.out_dir))
+        stderr.print(f"trained {result.steps_done} steps on {len(texts)} captions: loss {result.losses[0]:.4f} -> "
+                     f"{result.losses[-1]:.4f}, {result.seconds_per_step:.2f} s/step; wrote {result.out_dir}",
+                     soft_wrap=True)  # fmt: skip
 
 
 def _version(value: bool) -> None:

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from .checkpoints import ModelKind, resolve
-from .errors import AudiostoryError, InputError, ModelLoadError
-from .story import WINDOWS, Clip, Event, Progress, ProgressFn, no_progress
+from .errors import InputError, ModelLoadError
+from .story import WINDOWS, Clip, Event, Progress, ProgressFn, clip_seed, no_progress
 
 DECODER_KIND = ModelKind(
     role="decoder",
@@ -42,6 +42,10 @@ TEXT_ENCODER_KIND = ModelKind(
     role="text encoder", required=("config.json",), layout="a T5 encoder folder with config.json and its tokenizer"
 )
 FRAME_BUCKET = 16  # auto windows are rounded up to a multiple of this many latent frames, so clips batch
+LONG_OVERLAP_S = 3.0  # a clip longer than one window is rendered as windows overlapping this much
+VAE_CONTEXT_FRAMES = 32  # latent frames decoded on each side of a chunk when a clip is longer than a window
+HEAD_CONTEXT_FRAMES = 8  # a continuing clip also pins this many of the previous clip's frames before the
+# overlap (and discards their audio), so the VAE's edge effects fall outside the crossfade
 MAX_TEXT_TOKENS = 64  # captions are cut to this many T5 tokens (TangoFlux's max_text_seq_len)
 
 
@@ -87,6 +91,18 @@ class ClipRequest:
     n_samples: int  # exact length of the clip in samples (event span plus crossfade tail)
     seed: int  # seed of this clip's starting noise
     text: TextTokens | None = None  # conditioning; None: the T5 encoding of ``event.caption``
+    start_sample: int = 0  # where the clip starts on the story timeline, in samples
+    continues: int | None = None  # index (in the same request list) of the clip whose tail this clip's head
+    # continues: with ``continuation`` on, the overlap is generated as that clip's latent frames
+
+
+@dataclass(frozen=True)
+class _LatentTrack:
+    """What a rendered clip leaves for the clip that continues it."""
+
+    origin_sample: int  # timeline sample where latent frame 0 starts
+    latents: torch.Tensor  # [frames, channels] final latents
+    end_sample: int  # timeline sample where the clip's audio ends
 
 
 class _StableAudioPositionalEmbedding(nn.Module):
@@ -227,26 +243,112 @@ class Decoder:
         guidance: float = 3.0,
         window: str = "auto",
         batch_size: int = 4,
+        continuation: bool = False,
         progress: ProgressFn = no_progress,
     ) -> list[Clip]:
-        """Render every request; clips of the same window size share a batch of at most ``batch_size``."""
+        """Render every request.
+
+        Without ``continuation``, clips of the same window size share a batch of at most ``batch_size``.
+        With it, clips render one after another in timeline order, and the head of a clip that
+        ``continues`` another is generated as the continuation of that clip's tail (inpainting: the known
+        latent frames are re-noised to the current noise level and pinned at every step). A clip longer
+        than one window is rendered as overlapping windows chained the same way, whatever the setting.
+        """
         _check_render_args(steps, guidance, window, batch_size)
-        by_frames: dict[int, list[int]] = defaultdict(list)
-        for i, request in enumerate(requests):
-            by_frames[self.window_frames(request.n_samples, window)].append(i)
         clips: dict[int, Clip] = {}
-        done = 0
-        for frames, indices in sorted(by_frames.items()):
-            for start in range(0, len(indices), batch_size):
-                batch = [requests[i] for i in indices[start : start + batch_size]]
-                names = ", ".join(str(r.event.index + 1) for r in batch)
-                progress(Progress("render", done, len(requests), f"events {names}"))
-                waves = self._render_batch(batch, frames, steps, guidance, progress)
-                for i, request, wave in zip(indices[start : start + batch_size], batch, waves):
-                    clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, seed=request.seed)
-                done += len(batch)
-        progress(Progress("render", done, len(requests), "done"))
+        chained = range(len(requests)) if continuation else self._too_long(requests)
+        batched = [i for i in range(len(requests)) if i not in set(chained)]
+        self._render_batched(requests, batched, clips, steps, guidance, window, batch_size, progress)
+        tracks: dict[int, _LatentTrack] = {}
+        for i in sorted(chained, key=lambda i: (requests[i].start_sample, i)):
+            request = requests[i]
+            previous = tracks.get(request.continues) if continuation and request.continues is not None else None
+            progress(Progress("render", len(clips), len(requests), f"event {request.event.index + 1}"))
+            wave, tracks[i] = self._render_chained(request, previous, steps, guidance, window, progress)
+            clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, seed=request.seed)
+        progress(Progress("render", len(clips), len(requests), "done"))
         return [clips[i] for i in range(len(requests))]
+
+    def _too_long(self, requests: Sequence[ClipRequest]) -> list[int]:
+        return [i for i, r in enumerate(requests) if r.n_samples > self.max_clip_samples]
+
+    def _render_batched(self, requests, indices, clips, steps, guidance, window, batch_size, progress) -> None:
+        """Clips with no continuation, grouped by window size, ``batch_size`` at a time."""
+        by_frames: dict[int, list[int]] = defaultdict(list)
+        for i in indices:
+            by_frames[self.window_frames(requests[i].n_samples, window)].append(i)
+        for frames, group in sorted(by_frames.items()):
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                batch = [requests[i] for i in chunk]
+                names = ", ".join(str(r.event.index + 1) for r in batch)
+                progress(Progress("render", len(clips), len(requests), f"events {names}"))
+                waves = self._render_batch(batch, frames, steps, guidance, progress)
+                for i, request, wave in zip(chunk, batch, waves):
+                    clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, seed=request.seed)
+
+    def _render_chained(self, request, previous, steps, guidance, window, progress):
+        """One clip as one or more windows; the first continues ``previous``, each next one the last."""
+        hop, full = self.hop_samples, self.config.audio_seq_len
+        known, origin = self._known_head(request, previous)
+        shift = request.start_sample - origin  # samples between latent frame 0 and the clip's start
+        total = math.ceil((shift + request.n_samples) / hop)
+        overlap = round(LONG_OVERLAP_S * self.sample_rate / hop)
+        text = request.text if request.text is not None else self.encode_text(request.event.caption)
+        latents, start, part = None, 0, 0
+        while True:
+            needed = total - start
+            frames = full if window == "full" or needed >= full else math.ceil(needed / FRAME_BUCKET) * FRAME_BUCKET
+            frames = min(frames, full)
+            seed = request.seed if part == 0 else clip_seed(request.seed, part)
+            pinned = known[: frames - 1] if part == 0 else latents[start : start + overlap]
+            content = shift + request.n_samples - start * hop  # audio samples still to come from here on
+            seconds = min(content, frames * hop) / self.sample_rate
+            new = self._render_window(text, seconds, self._noise(seed, frames), pinned, steps, guidance, progress)
+            latents = new if latents is None else torch.cat([latents[:start], new])
+            if start + frames >= total:
+                break
+            start, part = start + frames - overlap, part + 1
+        wave = _fit(self._decode_frames(latents)[:, shift:], request.n_samples)
+        return wave, _LatentTrack(origin, latents, request.start_sample + request.n_samples)
+
+    def _known_head(self, request: ClipRequest, previous: _LatentTrack | None):
+        """The previous clip's latent frames that lie inside its audio from this clip's start on, and the
+        timeline sample this clip's latent grid starts at (aligned to the previous clip's grid)."""
+        empty = torch.zeros(0, self.config.in_channels, device=self.device)
+        if previous is None:
+            return empty, request.start_sample
+        hop = self.hop_samples
+        first = max(0, (request.start_sample - previous.origin_sample) // hop - HEAD_CONTEXT_FRAMES)
+        end = (previous.end_sample - previous.origin_sample) // hop
+        if request.start_sample < previous.origin_sample or end <= first:
+            return empty, request.start_sample
+        return previous.latents[first:end], previous.origin_sample + first * hop
+
+    def _render_window(self, text, seconds, noise, pinned, steps, guidance, progress) -> torch.Tensor:
+        """Denoise one window for one clip, its first ``len(pinned)`` frames pinned; [frames, channels]."""
+        use_cfg = guidance > 1.0
+        texts = [self._uncond_like(text), text] if use_cfg else [text]
+        context, mask, pooled = self._stack_texts(texts)
+        duration = self.dit.duration_emebdder(torch.tensor([seconds] * len(texts), device=self.device))
+        context = torch.cat([context, duration.to(context.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        known = pinned[None] if pinned.shape[0] else None
+        latents = self._denoise(noise[None].to(self.device), context, mask, pooled, steps, guidance, progress, known)
+        return latents[0]
+
+    def _decode_frames(self, latents: torch.Tensor) -> np.ndarray:
+        """VAE-decode [frames, channels]; past one window, in window-sized chunks with context on each side."""
+        full, hop = self.config.audio_seq_len, self.hop_samples
+        if latents.shape[0] <= full:
+            return self.vae.decode(latents.T[None].float()).sample[0].float().cpu().numpy()
+        pieces = []
+        for first in range(0, latents.shape[0], full):
+            a, b = max(0, first - VAE_CONTEXT_FRAMES), min(latents.shape[0], first + full + VAE_CONTEXT_FRAMES)
+            audio = self.vae.decode(latents[a:b].T[None].float()).sample[0].float().cpu().numpy()
+            keep = min(full, latents.shape[0] - first)
+            pieces.append(audio[:, (first - a) * hop : (first - a + keep) * hop])
+        return np.concatenate(pieces, axis=1)
 
     def _render_batch(self, batch, frames, steps, guidance, progress) -> list[np.ndarray]:
         # 1. Conditioning: text tokens + duration token, pooled text; unconditional half first.
@@ -271,7 +373,9 @@ class Decoder:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         return torch.randn((frames, self.config.in_channels), generator=generator, dtype=torch.float32)
 
-    def _denoise(self, latents, context, mask, pooled, steps, guidance, progress) -> torch.Tensor:
+    def _denoise(self, latents, context, mask, pooled, steps, guidance, progress, known=None) -> torch.Tensor:
+        """Flow-matching Euler from noise ``latents`` [B, frames, C]. ``known`` [B, k, C]: the first k frames
+        are pinned, re-noised to each step's noise level with the starting noise (inpainting)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
@@ -281,7 +385,11 @@ class Decoder:
         img_ids = torch.arange(frames, device=self.device, dtype=torch.float32)[:, None].repeat(1, 3)
         txt_ids = torch.zeros(context.shape[1], 3, device=self.device)
         attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], frames)], dim=1)[:, None, None, :]
+        noise, pinned = latents.clone(), 0 if known is None else known.shape[1]
         for i, t in enumerate(scheduler.timesteps):
+            if pinned:
+                sigma = scheduler.sigmas[i]
+                latents[:, :pinned] = (1 - sigma) * known + sigma * noise[:, :pinned]
             model_input = torch.cat([latents, latents]) if use_cfg else latents
             velocity = self.dit.transformer(
                 hidden_states=model_input.to(self.dtype),
@@ -298,6 +406,8 @@ class Decoder:
                 velocity = uncond + guidance * (cond - uncond)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             progress(Progress("step", i + 1, steps))
+        if pinned:
+            latents[:, :pinned] = known
         return latents
 
     @torch.inference_mode()
@@ -460,13 +570,3 @@ def _quiet_libraries() -> Iterator[None]:
         transformers_logging.set_verbosity(levels[1])
         if bars_were_on:
             transformers_logging.enable_progress_bar()
-
-
-def check_clip_fits(decoder: Decoder, event: Event, n_samples: int) -> None:
-    """Raise before any rendering when an event is longer than one window can hold."""
-    if n_samples > decoder.max_clip_samples:
-        raise AudiostoryError(
-            f"event {event.index} ('{event.caption[:40]}') needs {n_samples / decoder.sample_rate:.2f} s "
-            f"but the decoder renders at most {decoder.max_clip_s:.2f} s per clip",
-            hint="split it into shorter events in the plan",
-        )

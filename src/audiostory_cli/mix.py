@@ -33,7 +33,7 @@ def join_fade_s(plan: Plan, crossfade_s: float) -> dict[int, float]:
     _check_crossfade_s(crossfade_s)
     return {
         before.index: min(crossfade_s, before.duration_s / 2, after.duration_s / 2)
-        for before, after in _joins(plan)
+        for before, after in joins(plan)
     }
 
 
@@ -41,11 +41,11 @@ def clip_samples(plan: Plan, crossfade_s: float, sample_rate: int) -> dict[int, 
     """Samples the decoder must render for each event index: its span plus its join tail, if any."""
     check_sample_rate(sample_rate)
     tails = _tail_samples(plan, crossfade_s, sample_rate)
-    spans = _event_spans(plan, sample_rate)
+    spans = event_spans(plan, sample_rate)
     return {index: end - start + tails.get(index, 0) for index, (start, end) in spans.items()}
 
 
-def _joins(plan: Plan) -> list[tuple[Event, Event]]:
+def joins(plan: Plan) -> list[tuple[Event, Event]]:
     """(before, after) pairs of consecutive same-layer events that touch, in timeline order per layer."""
     joins = []
     for layer in sorted({e.layer for e in plan.events}):
@@ -56,12 +56,12 @@ def _joins(plan: Plan) -> list[tuple[Event, Event]]:
     return joins
 
 
-def _event_spans(plan: Plan, sample_rate: int) -> dict[int, tuple[int, int]]:
+def event_spans(plan: Plan, sample_rate: int) -> dict[int, tuple[int, int]]:
     """(start, end) sample of every event; a joined event starts exactly where its predecessor ends."""
     spans = {
         e.index: (to_samples(e.start_s, sample_rate), to_samples(e.end_s, sample_rate)) for e in plan.events
     }
-    for before, after in _joins(plan):
+    for before, after in joins(plan):
         start = spans[before.index][1]
         spans[after.index] = (start, max(start, spans[after.index][1]))
     return spans
@@ -88,13 +88,13 @@ def compose(
     sample_rate, channels = _clip_format(clips)
     by_index = _clips_by_event(plan, clips)
     expected = clip_samples(plan, crossfade_s, sample_rate)
-    spans = _event_spans(plan, sample_rate)
+    spans = event_spans(plan, sample_rate)
     tails = _tail_samples(plan, crossfade_s, sample_rate)
     for index, clip in by_index.items():
         _check_clip(clip, index, expected[index], spans[index], sample_rate, channels)
 
     # 2. Place each clip with its fades; what runs past the end is cut
-    heads = {after.index: tails[before.index] for before, after in _joins(plan)}
+    heads = {after.index: tails[before.index] for before, after in joins(plan)}
     total_samples = to_samples(plan.total_s, sample_rate)
     wave = np.zeros((channels, total_samples), dtype=np.float32)
     for event in plan.events:

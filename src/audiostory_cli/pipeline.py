@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import audio_io, loudness, mix
-from .decoder import ClipRequest, Decoder, check_clip_fits
+from . import bridge
+from .decoder import ClipRequest, Decoder
 from .errors import AudiostoryError, InputError
 from .story import (
     Plan,
@@ -46,8 +47,11 @@ class RenderOptions:
     batch_size: int = 4  # clips denoised together
     peak_dbfs: float = -1.0  # peak ceiling of the output
     loudness_lufs: float | None = None  # normalise integrated loudness to this target, if set
+    coherence: float = bridge.DEFAULT_COHERENCE  # weight of the residual query at fusion; 0: caption only
+    continuation: bool = True  # generate each clip's head as the continuation of the previous clip's tail
 
     def __post_init__(self) -> None:
+        bridge.check_coherence(self.coherence)
         if not 0 <= self.crossfade_s <= 10:
             raise InputError(f"crossfade = {self.crossfade_s:g}: must be between 0 and 10 seconds")
         if not -60 <= self.peak_dbfs <= 0:
@@ -86,27 +90,46 @@ def plan_story(planner, request: StoryRequest, *, progress: ProgressFn = no_prog
 
 
 def render_plan(
-    decoder: Decoder, plan: Plan, options: RenderOptions, *, progress: ProgressFn = no_progress
+    decoder: Decoder,
+    plan: Plan,
+    options: RenderOptions,
+    *,
+    semantic_encoder: bridge.TextEncoder | None = None,
+    progress: ProgressFn = no_progress,
 ) -> Track:
-    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``."""
-    # 1. How long each clip must be: its span plus the crossfade tail into the next event.
+    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``.
+
+    ``semantic_encoder``: a trained bridge (``--bridge``) in place of the decoder's text encoder."""
+    # 1. How long each clip must be (its span plus the crossfade tail into the next event), and where.
     lengths = mix.clip_samples(plan, options.crossfade_s, decoder.sample_rate)
-    for event in plan.events:
-        check_clip_fits(decoder, event, lengths[event.index])
-    # 2. One request per event, each with its own seed.
+    spans = mix.event_spans(plan, decoder.sample_rate)
+    follows = {after.index: before.index for before, after in mix.joins(plan)}
+    # 2. Bridging and residual queries, fused into each clip's text tokens.
+    texts = _event_texts(plan, decoder, semantic_encoder, options.coherence)
+    # 3. One request per event, each with its own seed, in plan.events order (clip_seed needs the index).
+    position = {e.index: i for i, e in enumerate(plan.events)}
     requests = [
-        ClipRequest(event=e, n_samples=lengths[e.index], seed=clip_seed(options.seed, e.index)) for e in plan.events
+        ClipRequest(
+            event=e,
+            n_samples=lengths[e.index],
+            seed=clip_seed(options.seed, e.index),
+            text=texts[e.index],
+            start_sample=spans[e.index][0],
+            continues=position.get(follows.get(e.index)),
+        )
+        for e in plan.events
     ]
-    # 3. Denoise and decode.
+    # 4. Denoise and decode.
     clips = decoder.render(
         requests,
         steps=options.steps,
         guidance=options.guidance,
         window=options.window,
         batch_size=options.batch_size,
+        continuation=options.continuation,
         progress=progress,
     )
-    # 4. Crossfade, place on the timeline, control the level.
+    # 5. Crossfade, place on the timeline, control the level.
     progress(Progress("mix", 0, 1, "mixing"))
     track = mix.compose(plan, clips, options.crossfade_s, peak_dbfs=options.peak_dbfs)
     if options.loudness_lufs is not None:
@@ -118,6 +141,16 @@ def render_plan(
     return track
 
 
+def _event_texts(plan: Plan, decoder: Decoder, semantic_encoder, coherence: float) -> dict[int, object]:
+    """Text tokens per event index: the fused queries, or (coherence 0, no trained bridge) None, which lets
+    the decoder encode the caption itself, exactly as without a bridge."""
+    if coherence == 0 and semantic_encoder is None:
+        return {e.index: None for e in plan.events}
+    residual = bridge.condition(plan, semantic_encoder or decoder, decoder)
+    fusion = bridge.Fusion(decoder.text_encoder.config.d_model)
+    return {c.event.index: bridge.fuse(c, fusion, coherence) for c in residual}
+
+
 def render_to_file(
     decoder: Decoder,
     plan: Plan,
@@ -125,11 +158,14 @@ def render_to_file(
     output: Path,
     *,
     planner_ref: str | None = None,
+    trained_bridge=None,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
-    """``render_plan`` then write the audio and ``<name>.plan.json`` (with the settings used), atomically."""
+    """``render_plan`` then write the audio and ``<name>.plan.json`` (with the settings used), atomically.
+
+    ``trained_bridge``: a loaded ``--bridge`` adapter (with ``.ref`` and ``.encode_text``), or None."""
     output = audio_io.check_output_path(output)
-    track = render_plan(decoder, plan, options, progress=progress)
+    track = render_plan(decoder, plan, options, semantic_encoder=trained_bridge, progress=progress)
     settings = RenderSettings(
         seed=options.seed,
         steps=options.steps,
@@ -137,6 +173,9 @@ def render_to_file(
         crossfade_s=options.crossfade_s,
         decoder=decoder.ref,
         planner=planner_ref,
+        coherence=options.coherence,
+        continuation=options.continuation,
+        bridge=trained_bridge.ref if trained_bridge is not None else None,
     )
     rendered = plan.with_render(settings)
     progress(Progress("write", 0, 1, str(output)))
@@ -158,13 +197,16 @@ def generate_story(
     options: RenderOptions,
     output: Path,
     *,
+    trained_bridge=None,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
     """Prompt to file: plan, render, mix, write."""
     output = audio_io.check_output_path(output)
     plan = plan_story(planner, request, progress=progress)
     options = replace(options, seed=request.seed)
-    return render_to_file(decoder, plan, options, output, planner_ref=planner.ref, progress=progress)
+    return render_to_file(
+        decoder, plan, options, output, planner_ref=planner.ref, trained_bridge=trained_bridge, progress=progress
+    )
 
 
 # --- batch ---------------------------------------------------------------------------------------------
@@ -288,6 +330,7 @@ def generate_batch(
     options: RenderOptions,
     max_events: int | None = None,
     extension: str = ".wav",
+    trained_bridge=None,
     progress: ProgressFn = no_progress,
     on_outcome: Callable[[BatchOutcome], None] = lambda _: None,
 ) -> list[BatchOutcome]:
@@ -315,7 +358,9 @@ def generate_batch(
                 max_events=max_events or default_max_events(total_s, max_event_s),
                 max_event_s=max_event_s,
             )
-            result = generate_story(planner, decoder, request, options, outdir / name, progress=progress)
+            result = generate_story(
+                planner, decoder, request, options, outdir / name, trained_bridge=trained_bridge, progress=progress
+            )
             outcome = BatchOutcome(item, result, None, time.perf_counter() - started)
         except AudiostoryError as err:
             message = str(err) if str(err).startswith("line ") else f"line {item.line}: {err}"

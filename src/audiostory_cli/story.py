@@ -24,6 +24,7 @@ MAX_EVENTS = 64  # most events one plan may hold
 MAX_CAPTION_CHARS = 200  # a caption is one sentence of what is heard
 MAX_PROMPT_CHARS = 2000  # a story prompt is a paragraph, not a document
 MAX_LAYER = 3  # layer 0 is the foreground sequence; 1..3 are beds placed under it
+DEFAULT_COHERENCE = 0.3  # weight of the residual query at fusion (0 = off); see benchmarks/coherence.py
 WINDOWS = ("auto", "full")  # latent window a clip denoises: sized to the clip, or the decoder's full window
 MAX_SEED = 2**63 - 1  # seeds are non-negative 64-bit integers
 _EPS_S = 1e-6  # tolerance for float seconds read back from JSON
@@ -91,6 +92,9 @@ class RenderSettings:
     crossfade_s: float  # overlap between consecutive foreground clips
     decoder: str  # decoder model reference used
     planner: str | None = None  # planner model reference used, None for a hand-written plan
+    coherence: float = 0.0  # weight of the residual query (0: caption only, as before the bridge existed)
+    continuation: bool = False  # clip heads generated as continuations of the previous clip's tail
+    bridge: str | None = None  # trained bridge adapter used in place of the text encoder, if any
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "crossfade_s": r.crossfade_s,
             "planner": r.planner,
             "decoder": r.decoder,
+            "coherence": r.coherence,
+            "continuation": r.continuation,
+            "bridge": r.bridge,
         }
     return data
 
@@ -310,7 +317,11 @@ def _render_from_dict(raw: Any) -> RenderSettings:
     where = "render."
     if not isinstance(raw, dict):
         raise PlanError(f"render must be an object, got {type(raw).__name__}")
-    _no_unknown(raw, where, {"seed", "steps", "guidance", "crossfade_s", "planner", "decoder"})
+    _no_unknown(
+        raw,
+        where,
+        {"seed", "steps", "guidance", "crossfade_s", "planner", "decoder", "coherence", "continuation", "bridge"},
+    )
     seed = _field(raw, "seed", int, where)
     if not 0 <= seed <= MAX_SEED:
         raise PlanError(f"{where}seed = {seed}: must be between 0 and {MAX_SEED}")
@@ -321,16 +332,25 @@ def _render_from_dict(raw: Any) -> RenderSettings:
     crossfade_s = _field(raw, "crossfade_s", float, where)
     if not 0 <= crossfade_s <= 10:
         raise PlanError(f"{where}crossfade_s = {crossfade_s:g}: must be between 0 and 10")
-    planner = raw.get("planner")
-    if planner is not None and not isinstance(planner, str):
-        raise PlanError(f"{where}planner must be a string or null")
+    for name in ("planner", "bridge"):
+        if raw.get(name) is not None and not isinstance(raw[name], str):
+            raise PlanError(f"{where}{name} must be a string or null")
+    coherence = _field(raw, "coherence", float, where, default=0.0)
+    if not 0 <= coherence <= 1:
+        raise PlanError(f"{where}coherence = {coherence:g}: must be between 0 and 1")
+    continuation = raw.get("continuation", False)
+    if not isinstance(continuation, bool):
+        raise PlanError(f"{where}continuation = {json.dumps(continuation)}: must be true or false")
     return RenderSettings(
         seed=seed,
         steps=steps,
         guidance=guidance,
         crossfade_s=crossfade_s,
         decoder=_field(raw, "decoder", str, where, default=""),
-        planner=planner,
+        planner=raw.get("planner"),
+        coherence=coherence,
+        continuation=continuation,
+        bridge=raw.get("bridge"),
     )
 
 
