@@ -7,8 +7,12 @@ the Hugging Face hub cache, then the hub itself unless ``HF_HUB_OFFLINE=1``. Eve
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,3 +106,45 @@ def _checked(path: Path, kind: ModelKind) -> Path:
             f"{kind.role} folder {path} lacks {', '.join(missing)}", hint=f"expected layout: {kind.layout}"
         )
     return path
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' and diffusers' logs, progress bars and warnings while a model loads; the CLI
+    draws its own progress. Settings are restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    bars = transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(), _no_gguf_bar():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _no_gguf_bar() -> Iterator[None]:
+    """The GGUF de-quantization bar is a bare ``tqdm`` that ``disable_progress_bar`` misses (transformers
+    5.x): disable it for the load only, rather than hide all of stderr (the CLI's own progress lives there)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar

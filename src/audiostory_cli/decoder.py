@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import ModelKind, resolve
+from .checkpoints import ModelKind, quiet_loading, resolve
 from .errors import InputError, ModelLoadError
 from .story import WINDOWS, Clip, Event, Progress, ProgressFn, clip_seed, no_progress
 
@@ -176,7 +174,7 @@ class Decoder:
         folder = resolve(ref, DECODER_KIND)
         if folder.is_file():
             raise ModelLoadError(f"decoder '{ref}' is a file; expected a folder ({DECODER_KIND.layout})")
-        with _quiet_libraries():
+        with quiet_loading():
             config = _read_config(folder / "config.json")
             text_encoder, tokenizer = _load_text_encoder(folder, config, device, dtype)
             text_dim = text_encoder.config.d_model
@@ -548,25 +546,3 @@ def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: Path) 
                 parts.append(f"{label}: {', '.join(keys[:5])}{more}")
         raise ModelLoadError(f"{path} does not match the model: {'; '.join(parts)}")
     module.load_state_dict(state, strict=True)
-
-
-@contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Silence diffusers/transformers warnings and bars while loading; our CLI draws its own progress."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
-    bars_were_on = transformers_logging.is_progress_bar_enabled()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        diffusers_logging.set_verbosity(levels[0])
-        transformers_logging.set_verbosity(levels[1])
-        if bars_were_on:
-            transformers_logging.enable_progress_bar()

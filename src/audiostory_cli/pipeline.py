@@ -95,17 +95,20 @@ def render_plan(
     options: RenderOptions,
     *,
     semantic_encoder: bridge.TextEncoder | None = None,
+    event_texts: dict | None = None,
     progress: ProgressFn = no_progress,
 ) -> Track:
     """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``.
 
-    ``semantic_encoder``: a trained bridge (``--bridge``) in place of the decoder's text encoder."""
+    ``semantic_encoder``: a trained bridge (``--bridge``) in place of the decoder's text encoder.
+    ``event_texts``: ready-made text tokens per event index (a model with its own trained queries and
+    fusion, such as the AudioStory checkpoint); they replace the bridge entirely."""
     # 1. How long each clip must be (its span plus the crossfade tail into the next event), and where.
     lengths = mix.clip_samples(plan, options.crossfade_s, decoder.sample_rate)
     spans = mix.event_spans(plan, decoder.sample_rate)
     follows = {after.index: before.index for before, after in mix.joins(plan)}
     # 2. Bridging and residual queries, fused into each clip's text tokens.
-    texts = _event_texts(plan, decoder, semantic_encoder, options.coherence)
+    texts = event_texts or _bridge_texts(plan, decoder, semantic_encoder, options.coherence)
     # 3. One request per event, each with its own seed, in plan.events order (clip_seed needs the index).
     position = {e.index: i for i, e in enumerate(plan.events)}
     requests = [
@@ -141,7 +144,7 @@ def render_plan(
     return track
 
 
-def _event_texts(plan: Plan, decoder: Decoder, semantic_encoder, coherence: float) -> dict[int, object]:
+def _bridge_texts(plan: Plan, decoder: Decoder, semantic_encoder, coherence: float) -> dict[int, object]:
     """Text tokens per event index: the fused queries, or (coherence 0, no trained bridge) None, which lets
     the decoder encode the caption itself, exactly as without a bridge."""
     if coherence == 0 and semantic_encoder is None:

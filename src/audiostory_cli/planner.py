@@ -10,14 +10,10 @@ with the error in the conversation, before a ``PlanError``.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
 import itertools
 import json
 import math
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +181,7 @@ class Planner:
         if path.is_file() and path.suffix != ".gguf":
             raise ModelLoadError(f"planner file {path} is not a .gguf file", hint=f"expected {PLANNER_KIND.layout}")
         folder, gguf = (path.parent, path.name) if path.is_file() else (path, None)
-        with _quiet_transformers():
+        with checkpoints.quiet_loading():
             tokenizer = _load_part(transformers.AutoTokenizer, path, folder, gguf)
             if len(tokenizer) < 2:  # transformers builds an empty tokenizer when the files are missing
                 raise ModelLoadError(
@@ -358,39 +354,3 @@ def _load_part(auto_class: Any, path: Path, folder: Path, gguf: str | None, **kw
     except Exception as err:  # noqa: BLE001 - loaders raise anything; the user needs the path and the reason
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ModelLoadError(f"cannot load the planner {what} from {path}: {reason}") from err
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' progress bars, warnings and logs while loading; the CLI draws its own progress."""
-    logging = transformers.utils.logging
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings(), _no_gguf_bar():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _no_gguf_bar() -> Iterator[None]:
-    """The GGUF de-quantization bar is a bare ``tqdm`` that ``disable_progress_bar`` misses (transformers
-    5.x): disable it for the load only, rather than hide all of stderr (the CLI's own progress lives there)."""
-    try:
-        from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:
-        gguf_utils = None
-    bar = getattr(gguf_utils, "tqdm", None)
-    if bar is None:
-        yield
-        return
-    gguf_utils.tqdm = functools.partial(bar, disable=True)
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = bar
