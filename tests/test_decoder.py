@@ -156,3 +156,12 @@ def test_clip_longer_than_a_window_is_exact_and_continues_across_windows(decoder
     (clip,) = decoder.render([request], steps=2, continuation=False)
     assert clip.wave.shape == (2, request.n_samples)
     assert np.isfinite(clip.wave).all()
+
+
+def test_tiny_decoder_build_is_reproducible(tmp_path):
+    from audiostory_cli.testing import build_tiny_decoder
+
+    first, second = build_tiny_decoder(tmp_path / "a"), build_tiny_decoder(tmp_path / "b")
+    names = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert all((first / n).read_bytes() == (second / n).read_bytes() for n in names)
