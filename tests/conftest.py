@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
-from audiostory_cli.testing import build_tiny_decoder, build_tiny_planner
+from audiostory_cli.testing import build_tiny_audiostory, build_tiny_decoder, build_tiny_planner
 
 
 @pytest.fixture(autouse=True)
@@ -26,11 +28,31 @@ def _one_thread(request):
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Session fixtures run before the per-test ``_one_thread``: tiny models build faster on one thread too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_planner(tmp_path_factory):
-    return build_tiny_planner(tmp_path_factory.mktemp("models") / "planner")
+    with one_thread():
+        return build_tiny_planner(tmp_path_factory.mktemp("models") / "planner")
 
 
 @pytest.fixture(scope="session")
 def tiny_decoder(tmp_path_factory):
-    return build_tiny_decoder(tmp_path_factory.mktemp("models") / "decoder")
+    with one_thread():
+        return build_tiny_decoder(tmp_path_factory.mktemp("models") / "decoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_audiostory_model(tmp_path_factory):
+    """A tiny checkpoint in the released AudioStory layout (its folder)."""
+    with one_thread():
+        return build_tiny_audiostory(tmp_path_factory.mktemp("models") / "AudioStory-3B")

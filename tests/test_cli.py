@@ -368,3 +368,50 @@ def test_plan_saved_without_bridge_settings_renders_caption_only(run, tiny_decod
     flags = ("--coherence", "0", "--no-continuation", "--decoder", tiny_decoder)
     assert run("render", short_plan, "-o", explicit, *flags, *FAST).exit_code == 0
     assert np.array_equal(_audio(tmp_path / "old.wav")[0], _audio(explicit)[0])
+
+
+# --- the released AudioStory checkpoint (--model) ------------------------------------------------------------
+
+
+def test_generate_with_the_audiostory_checkpoint_and_render_it_again(run, tiny_audiostory_model, tmp_path):
+    out = tmp_path / "story.wav"
+    result = run("generate", PROMPT, "--model", tiny_audiostory_model, "-o", out, "--duration", "4", *FAST)
+    assert result.exit_code == 0, result.output
+    wave, sample_rate = _audio(out)
+    assert wave.shape == (2, 4 * sample_rate)
+    saved = json.loads((tmp_path / "story.plan.json").read_text())
+    assert saved["render"]["model"] == str(tiny_audiostory_model) and len(saved["events"]) >= 1
+    again = tmp_path / "again.wav"
+    assert run("render", tmp_path / "story.plan.json", "-o", again, "--device", "cpu").exit_code == 0
+    assert np.array_equal(_audio(again)[0], wave)
+
+
+def test_dry_run_with_the_audiostory_checkpoint_shows_captions_times_and_reasoning(run, tiny_audiostory_model):
+    result = run("generate", PROMPT, "--model", tiny_audiostory_model, "--dry-run", "--json", "--duration", "6",
+                 "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["total_s"] == 6 and plan["events"][0]["caption"]
+    assert "reasoning:" in result.stderr and "plan:" in result.stderr
+
+
+def test_model_with_planner_is_a_usage_error(run, tiny_audiostory_model, tiny_planner, tmp_path):
+    result = run("generate", PROMPT, "--model", tiny_audiostory_model, "--planner", tiny_planner,
+                 "-o", tmp_path / "x.wav", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 2
+    assert "--model brings its own planner, decoder and fusion; drop --planner" in " ".join(result.stderr.split())
+
+
+def test_audiostory_checkpoint_with_a_renamed_key_is_named(run, tiny_audiostory_model, tmp_path):
+    import torch
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_audiostory_model, broken)
+    state = torch.load(broken / "pytorch_model.bin", weights_only=True)
+    state["seedx.projector.0.weight_renamed"] = state.pop("seedx.projector.0.weight")
+    torch.save(state, broken / "pytorch_model.bin")
+    result = run("generate", PROMPT, "--model", broken, "-o", tmp_path / "x.wav", "--device", "cpu")
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "seedx.projector.0.weight" in message and "seedx.projector.0.weight_renamed" in message
+    assert not (tmp_path / "x.wav").exists()

@@ -478,7 +478,6 @@ class AudioStoryPlanner:
                 "events": events,
             }
         )
-        self._remember(plan, generation.states)
         return plan
 
     @torch.inference_mode()
@@ -563,8 +562,9 @@ class AudioStoryPlanner:
     # --- query states of a plan ---------------------------------------------------------------------------
 
     def query_states(self, plan: Plan) -> QueryStates:
-        """The states this planner saw when it wrote ``plan``; for any other plan, teacher-forced states of
-        the plan's reasoning, captions and durations."""
+        """Teacher-forced query states of the plan's reasoning, captions and durations, as saved: so a plan
+        renders the same right after ``plan()`` and later from its file (upstream uses the states seen while
+        generating; they differ only where the timestamps were rescaled to the requested total)."""
         key = _plan_key(plan)
         if key not in self._cache:
             self._remember(plan, self._forced_states(plan))

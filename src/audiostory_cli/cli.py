@@ -11,7 +11,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, NamedTuple, Optional
 
 import typer
 from rich.console import Console
@@ -88,8 +88,15 @@ DecoderOpt = Annotated[
                  f"[default: {DEFAULT_DECODER}, or the one saved in the plan for render]."),
 ]  # fmt: skip
 PlannerOpt = Annotated[
-    str,
-    typer.Option("--planner", help="Planner LLM: a folder, a .gguf file or a hub id of a chat model."),
+    Optional[str],
+    typer.Option("--planner", help=f"Planner LLM: a folder, a .gguf file or a hub id of a chat model [default: "
+                 f"{DEFAULT_PLANNER}]."),
+]  # fmt: skip
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", help="The released AudioStory checkpoint (a folder or TencentARC/AudioStory-3B): it "
+                 "plans, conditions and renders with its own trained queries, in place of --planner, --decoder, "
+                 "--bridge and --coherence."),
 ]  # fmt: skip
 DeviceOpt = Annotated[
     str, typer.Option("--device", callback=_one_of(DEVICE_CHOICES), help="auto: CUDA when present, else "
@@ -232,16 +239,36 @@ def _render_options(base: Plan | None = None, **values):
     return RenderOptions(**chosen)
 
 
-def _load_bridge(path: Optional[Path], planner_ref: Optional[str], device, dtype, planner=None):
-    """A trained bridge (``--bridge``) with the planner it reads hidden states from, or (None, planner)."""
-    if path is None:
-        return None, planner
-    from .bridge_training import BridgeAdapter, TrainedBridge
+class _Models(NamedTuple):
+    planner: object | None  # planner (Planner, or the AudioStory checkpoint's)
+    decoder: object | None  # Decoder
+    bridge: object | None  # trained bridge adapter (--bridge)
+    model: object | None  # AudioStory checkpoint (--model)
 
-    _, config = BridgeAdapter.load(path)
-    if planner is None:
-        planner = _load_planner(planner_ref or config.planner, device, dtype)
-    return TrainedBridge.load(path, planner), planner
+
+def _load_models(device, dtype, *, planner=None, decoder=None, bridge=None, model=None, coherence=None,
+                 need_planner=True, need_decoder=True) -> _Models:  # fmt: skip
+    """Load what the command needs once: ``--model`` alone, or planner, decoder and bridge."""
+    if model is not None:
+        given = [name for name, value in (("--planner", planner), ("--decoder", decoder), ("--bridge", bridge),
+                                          ("--coherence", coherence)) if value is not None]  # fmt: skip
+        if given:
+            raise typer.BadParameter(f"--model brings its own planner, decoder and fusion; drop {', '.join(given)}")
+        from .audiostory_model import AudioStoryModel
+
+        with stderr.status(f"loading AudioStory model {model}"):
+            loaded = AudioStoryModel.load(model, device=device, dtype=dtype)
+        return _Models(loaded.planner, loaded.decoder, None, loaded)
+    story_planner = _load_planner(planner or DEFAULT_PLANNER, device, dtype) if need_planner else None
+    story_decoder = _load_decoder(decoder or DEFAULT_DECODER, device, dtype) if need_decoder else None
+    trained_bridge = None
+    if bridge is not None:
+        from .bridge_training import BridgeAdapter, TrainedBridge
+
+        if story_planner is None:  # render: the planner the bridge was trained with, unless --planner says
+            story_planner = _load_planner(planner or BridgeAdapter.load(bridge)[1].planner, device, dtype)
+        trained_bridge = TrainedBridge.load(bridge, story_planner)
+    return _Models(story_planner, story_decoder, trained_bridge, None)
 
 
 # --- output ----------------------------------------------------------------------------------------------
@@ -303,8 +330,9 @@ def generate(
     coherence: CoherenceOpt = None,
     continuation: ContinuationOpt = None,
     bridge_path: BridgeOpt = None,
-    planner: PlannerOpt = DEFAULT_PLANNER,
+    planner: PlannerOpt = None,
     decoder: DecoderOpt = None,
+    model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
@@ -321,8 +349,11 @@ def generate(
             continuation=continuation, window=window, batch_size=batch_size, loudness_lufs=loudness,
         )  # fmt: skip
         torch_device, torch_dtype = _hardware(device, dtype)
-        story_decoder = None if dry_run else _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
-        window_s = story_decoder.max_clip_s if story_decoder else TangoFluxConfig().max_clip_s
+        models = _load_models(
+            torch_device, torch_dtype, planner=planner, decoder=decoder, bridge=bridge_path, model=model,
+            coherence=coherence, need_decoder=not dry_run,
+        )  # fmt: skip
+        window_s = models.decoder.max_clip_s if models.decoder else TangoFluxConfig().max_clip_s
         max_event_s = longest_event_s(window_s, options.crossfade_s)
         request = StoryRequest(
             prompt=prompt,
@@ -332,19 +363,18 @@ def generate(
             max_events=max_events or default_max_events(duration, max_event_s),
             max_event_s=max_event_s,
         )
-        story_planner = _load_planner(planner, torch_device, torch_dtype)
-        if story_decoder is None:
+        if dry_run:
             with ProgressView() as view:
-                plan = plan_story(story_planner, request, progress=view)
+                plan = plan_story(models.planner, request, progress=view)
             _show_plan(plan)
             if as_json:
                 typer.echo(plan_to_json(plan), nl=False)
             return
-        trained_bridge, _ = _load_bridge(bridge_path, planner, torch_device, torch_dtype, story_planner)
         with ProgressView() as view:
             result = generate_story(
-                story_planner, story_decoder, request, options, output, trained_bridge=trained_bridge, progress=view
-            )
+                models.planner, models.decoder, request, options, output, trained_bridge=models.bridge,
+                model=models.model, progress=view,
+            )  # fmt: skip
         _show_plan(result.plan)
         _print_result(result, as_json)
 
@@ -368,6 +398,7 @@ def render(
     planner: Annotated[Optional[str], typer.Option("--planner", help="With --bridge: the planner LLM it reads "
                        "[default: the one the bridge was trained with].")] = None,
     decoder: DecoderOpt = None,
+    model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
@@ -382,17 +413,20 @@ def render(
             plan, seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
             continuation=continuation, window=window, batch_size=batch_size, loudness_lufs=loudness,
         )  # fmt: skip
-        saved_decoder = plan.render.decoder if plan.render is not None and plan.render.decoder else None
+        saved = plan.render
+        if model is None and saved is not None and saved.model and not (decoder or bridge_path):
+            model = saved.model  # rendered by the AudioStory checkpoint: render it the same way
+        bridge_folder = bridge_path or (Path(saved.bridge) if saved is not None and saved.bridge else None)
         torch_device, torch_dtype = _hardware(device, dtype)
-        story_decoder = _load_decoder(decoder or saved_decoder or DEFAULT_DECODER, torch_device, torch_dtype)
-        planner_ref = plan.render.planner if plan.render is not None else None
-        saved_bridge = plan.render.bridge if plan.render is not None else None
-        bridge_folder = bridge_path or (Path(saved_bridge) if saved_bridge else None)
-        trained_bridge, _ = _load_bridge(bridge_folder, planner, torch_device, torch_dtype)
+        models = _load_models(
+            torch_device, torch_dtype, planner=planner, bridge=bridge_folder, model=model, need_planner=False,
+            decoder=decoder or (saved.decoder if saved is not None and saved.decoder and model is None else None),
+            coherence=coherence if model is not None else None,
+        )  # fmt: skip
         with ProgressView() as view:
             result = render_to_file(
-                story_decoder, plan, options, output, planner_ref=planner_ref, trained_bridge=trained_bridge,
-                progress=view,
+                models.decoder, plan, options, output, planner_ref=saved.planner if saved is not None else None,
+                trained_bridge=models.bridge, model=models.model, progress=view,
             )  # fmt: skip
         _print_result(result, as_json)
 
@@ -419,8 +453,9 @@ def batch(
     coherence: CoherenceOpt = None,
     continuation: ContinuationOpt = None,
     bridge_path: BridgeOpt = None,
-    planner: PlannerOpt = DEFAULT_PLANNER,
+    planner: PlannerOpt = None,
     decoder: DecoderOpt = None,
+    model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
@@ -440,9 +475,10 @@ def batch(
             continuation=continuation, window=window, batch_size=batch_size, loudness_lufs=loudness,
         )  # fmt: skip
         torch_device, torch_dtype = _hardware(device, dtype)
-        story_planner = _load_planner(planner, torch_device, torch_dtype)
-        story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
-        trained_bridge, _ = _load_bridge(bridge_path, planner, torch_device, torch_dtype, story_planner)
+        models = _load_models(
+            torch_device, torch_dtype, planner=planner, decoder=decoder, bridge=bridge_path, model=model,
+            coherence=coherence,
+        )  # fmt: skip
         outdir.mkdir(parents=True, exist_ok=True)
 
         def report(outcome) -> None:
@@ -452,9 +488,9 @@ def batch(
 
         with ProgressView() as view:
             outcomes = generate_batch(
-                story_planner, story_decoder, items, outdir, default_duration_s=duration, options=options,
-                max_events=max_events, extension=extension, trained_bridge=trained_bridge, progress=view,
-                on_outcome=report,
+                models.planner, models.decoder, items, outdir, default_duration_s=duration, options=options,
+                max_events=max_events, extension=extension, trained_bridge=models.bridge, model=models.model,
+                progress=view, on_outcome=report,
             )  # fmt: skip
         _show_summary(outcomes, as_json)
         failed = sum(o.result is None for o in outcomes)
@@ -486,7 +522,7 @@ def train_bridge_command(
                         "and # lines skipped), or a folder of plan files whose event captions are used.")],
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bridge: bridge.safetensors, "
                       "bridge_config.json and train_state.pt (created if missing).")],
-    planner: PlannerOpt = DEFAULT_PLANNER,
+    planner: PlannerOpt = None,
     decoder: DecoderOpt = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps in all (a resumed run counts the "
                      "steps already done).")] = 1000,
@@ -508,7 +544,7 @@ def train_bridge_command(
     with _errors():
         texts = read_captions(captions)
         torch_device, torch_dtype = _hardware(device, dtype)
-        story_planner = _load_planner(planner, torch_device, torch_dtype)
+        story_planner = _load_planner(planner or DEFAULT_PLANNER, torch_device, torch_dtype)
         story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
         try:
             with ProgressView() as view:

@@ -162,13 +162,18 @@ def render_to_file(
     *,
     planner_ref: str | None = None,
     trained_bridge=None,
+    model=None,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
     """``render_plan`` then write the audio and ``<name>.plan.json`` (with the settings used), atomically.
 
-    ``trained_bridge``: a loaded ``--bridge`` adapter (with ``.ref`` and ``.encode_text``), or None."""
+    ``trained_bridge``: a loaded ``--bridge`` adapter (with ``.ref`` and ``.encode_text``), or None.
+    ``model``: a loaded AudioStory checkpoint (``--model``), whose own queries and fusion condition the clips."""
     output = audio_io.check_output_path(output)
-    track = render_plan(decoder, plan, options, semantic_encoder=trained_bridge, progress=progress)
+    texts = model.event_texts(plan) if model is not None else None
+    track = render_plan(
+        decoder, plan, options, semantic_encoder=trained_bridge, event_texts=texts, progress=progress
+    )
     settings = RenderSettings(
         seed=options.seed,
         steps=options.steps,
@@ -179,6 +184,7 @@ def render_to_file(
         coherence=options.coherence,
         continuation=options.continuation,
         bridge=trained_bridge.ref if trained_bridge is not None else None,
+        model=model.ref if model is not None else None,
     )
     rendered = plan.with_render(settings)
     progress(Progress("write", 0, 1, str(output)))
@@ -201,6 +207,7 @@ def generate_story(
     output: Path,
     *,
     trained_bridge=None,
+    model=None,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
     """Prompt to file: plan, render, mix, write."""
@@ -208,8 +215,9 @@ def generate_story(
     plan = plan_story(planner, request, progress=progress)
     options = replace(options, seed=request.seed)
     return render_to_file(
-        decoder, plan, options, output, planner_ref=planner.ref, trained_bridge=trained_bridge, progress=progress
-    )
+        decoder, plan, options, output, planner_ref=planner.ref, trained_bridge=trained_bridge, model=model,
+        progress=progress,
+    )  # fmt: skip
 
 
 # --- batch ---------------------------------------------------------------------------------------------
@@ -334,6 +342,7 @@ def generate_batch(
     max_events: int | None = None,
     extension: str = ".wav",
     trained_bridge=None,
+    model=None,
     progress: ProgressFn = no_progress,
     on_outcome: Callable[[BatchOutcome], None] = lambda _: None,
 ) -> list[BatchOutcome]:
@@ -362,8 +371,9 @@ def generate_batch(
                 max_event_s=max_event_s,
             )
             result = generate_story(
-                planner, decoder, request, options, outdir / name, trained_bridge=trained_bridge, progress=progress
-            )
+                planner, decoder, request, options, outdir / name, trained_bridge=trained_bridge, model=model,
+                progress=progress,
+            )  # fmt: skip
             outcome = BatchOutcome(item, result, None, time.perf_counter() - started)
         except AudiostoryError as err:
             message = str(err) if str(err).startswith("line ") else f"line {item.line}: {err}"

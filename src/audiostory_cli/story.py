@@ -95,6 +95,7 @@ class RenderSettings:
     coherence: float = 0.0  # weight of the residual query (0: caption only, as before the bridge existed)
     continuation: bool = False  # clip heads generated as continuations of the previous clip's tail
     bridge: str | None = None  # trained bridge adapter used in place of the text encoder, if any
+    model: str | None = None  # AudioStory checkpoint that planned and conditioned the clips, if any
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "coherence": r.coherence,
             "continuation": r.continuation,
             "bridge": r.bridge,
+            "model": r.model,
         }
     return data
 
@@ -320,7 +322,8 @@ def _render_from_dict(raw: Any) -> RenderSettings:
     _no_unknown(
         raw,
         where,
-        {"seed", "steps", "guidance", "crossfade_s", "planner", "decoder", "coherence", "continuation", "bridge"},
+        {"seed", "steps", "guidance", "crossfade_s", "planner", "decoder", "coherence", "continuation", "bridge",
+         "model"},  # fmt: skip
     )
     seed = _field(raw, "seed", int, where)
     if not 0 <= seed <= MAX_SEED:
@@ -332,7 +335,7 @@ def _render_from_dict(raw: Any) -> RenderSettings:
     crossfade_s = _field(raw, "crossfade_s", float, where)
     if not 0 <= crossfade_s <= 10:
         raise PlanError(f"{where}crossfade_s = {crossfade_s:g}: must be between 0 and 10")
-    for name in ("planner", "bridge"):
+    for name in ("planner", "bridge", "model"):
         if raw.get(name) is not None and not isinstance(raw[name], str):
             raise PlanError(f"{where}{name} must be a string or null")
     coherence = _field(raw, "coherence", float, where, default=0.0)
@@ -351,6 +354,7 @@ def _render_from_dict(raw: Any) -> RenderSettings:
         coherence=coherence,
         continuation=continuation,
         bridge=raw.get("bridge"),
+        model=raw.get("model"),
     )
 
 
