@@ -153,12 +153,12 @@ def test_save_load_round_trip_gives_identical_encodings(planner, straight, tmp_p
     assert (tmp_path / CONFIG_FILE).read_text() == (straight.out_dir / CONFIG_FILE).read_text()
     first, again = TrainedBridge.load(straight.out_dir, planner), TrainedBridge.load(tmp_path, planner)
     for caption in CAPTIONS[:3]:
-        a, b = first.encode(caption), again.encode(caption)
+        a, b = first.encode_text(caption), again.encode_text(caption)
         assert torch.equal(a.states, b.states) and torch.equal(a.pooled, b.pooled)
-        assert torch.equal(a.states, first.encode(caption).states)  # deterministic
+        assert torch.equal(a.states, first.encode_text(caption).states)  # deterministic
     with torch.no_grad():
         direct = query_states(adapter, planner, [CAPTIONS[0]])[0]
-    assert torch.equal(direct, first.encode(CAPTIONS[0]).states)
+    assert torch.equal(direct, first.encode_text(CAPTIONS[0]).states)
 
 
 def test_a_caption_encodes_the_same_alone_or_in_a_batch(planner, straight):
@@ -172,7 +172,7 @@ def test_a_caption_encodes_the_same_alone_or_in_a_batch(planner, straight):
 def test_the_bridge_replaces_the_text_encoder_conditioning(planner, decoder, straight):
     bridge = TrainedBridge.load(straight.out_dir, planner)
     caption = CAPTIONS[0]
-    ours, t5 = bridge.encode(caption), decoder.encode_text(caption)
+    ours, t5 = bridge.encode_text(caption), decoder.encode_text(caption)
     dim = decoder.text_encoder.config.d_model
     assert ours.states.shape == (8, dim) and ours.states.dtype == torch.float32
     assert ours.pooled.shape == (dim,)
@@ -300,4 +300,4 @@ def test_real_planner_bridge_loss_decreases(tiny_decoder, tmp_path):
     print(f"load {loaded - started:.1f} s, {result.seconds_per_step:.1f} s/step, losses {result.losses}")
     assert sum(result.losses[-3:]) / 3 < sum(result.losses[:3]) / 3, result.losses
     bridge = TrainedBridge.load(tmp_path, real)
-    assert bridge.encode("rain on a tin roof").states.shape == (32, decoder.text_encoder.config.d_model)
+    assert bridge.encode_text("rain on a tin roof").states.shape == (32, decoder.text_encoder.config.d_model)

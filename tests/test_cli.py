@@ -415,3 +415,24 @@ def test_audiostory_checkpoint_with_a_renamed_key_is_named(run, tiny_audiostory_
     message = " ".join(result.stderr.split())
     assert "seedx.projector.0.weight" in message and "seedx.projector.0.weight_renamed" in message
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_trained_bridge_generates_and_renders_again(run, models, tiny_planner, tiny_decoder, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("rain on a tin roof\ngulls cry over the water\na ship's bell rings\nwind howls\n")
+    bridge_dir = tmp_path / "bridge"
+    trained = run("train-bridge", captions, "-o", bridge_dir, "--planner", tiny_planner, "--decoder", tiny_decoder,
+                  "--steps", "3", "--batch-size", "2", "--n-queries", "8", "--device", "cpu")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "story.wav"
+    result = run("generate", PROMPT, "-o", out, "--duration", "2.5", "--bridge", bridge_dir, *models, *FAST)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "story.plan.json").read_text())["render"]
+    assert saved["bridge"] == str(bridge_dir.resolve())
+    plain = tmp_path / "plain.wav"
+    assert run("render", tmp_path / "story.plan.json", "-o", plain, "--device", "cpu").exit_code == 0
+    assert np.array_equal(_audio(plain)[0], _audio(out)[0])  # the saved bridge (and its planner) came back
+    without = tmp_path / "without.wav"
+    flags = ("--decoder", tiny_decoder, "--seed", "0", *FAST)
+    assert run("generate", PROMPT, "-o", without, "--duration", "2.5", "--planner", tiny_planner, *flags).exit_code == 0
+    assert not np.allclose(_audio(without)[0], _audio(out)[0])

@@ -2,11 +2,11 @@
 
 Learned query embeddings are appended after a caption in the planner's input; the planner's last hidden
 states at those positions go through a projector into the feature space of the decoder's T5 text encoder
-and are regressed onto the T5 states of the same caption (masked MSE + 1 - cosine). Only the queries and
-the projector learn; the planner and the decoder stay frozen.
+and are regressed onto the T5 states of the same caption, padded to one row per query (MSE + 1 - cosine
+over every row). Only the queries and the projector learn; the planner and the decoder stay frozen.
 
     caption -> chat template -> token embeddings + queries -> planner (frozen) -> last hidden states at the
-    query positions -> projector -> [n_queries, text_dim]  ~  decoder.encode_text(caption).states
+    query positions -> projector -> [n_queries, text_dim]  ~  decoder.encode_text(caption, pad_to=n_queries)
 
 One folder holds a bridge: ``bridge.safetensors`` (queries + projector), ``bridge_config.json``
 (``BridgeConfig``) and, while training, ``train_state.pt`` (adapter, optimizer, step, generator, losses).
@@ -241,7 +241,7 @@ class TrainedBridge:
         self.adapter = adapter  # queries + projector, float32, on the planner's device, frozen
         self.config = adapter.config
         self.planner = planner  # the planner whose hidden states it reads
-        self.ref = str(folder)  # the folder it was loaded from, as given (saved in plans as ``render.bridge``)
+        self.ref = str(Path(folder).expanduser().resolve())  # its folder, absolute (saved as ``render.bridge``)
 
     @classmethod
     def load(cls, folder: str | Path, planner: Planner) -> TrainedBridge:
@@ -259,14 +259,11 @@ class TrainedBridge:
         return cls(adapter, planner, folder)
 
     @torch.inference_mode()
-    def encode(self, caption: str) -> TextTokens:
-        """The projected query states of ``caption`` [n_queries, text_dim] float32, pooled by their mean."""
+    def encode_text(self, caption: str) -> TextTokens:
+        """The projected query states of ``caption`` [n_queries, text_dim] float32, pooled by their mean
+        (``bridge.TextEncoder``: a bridge stands in for the decoder's T5)."""
         states = query_states(self.adapter, self.planner, [caption])[0].float()
         return TextTokens(states=states, pooled=states.mean(dim=0))
-
-    def encode_text(self, text: str) -> TextTokens:
-        """``encode`` under the name of ``bridge.TextEncoder``, so a bridge stands in for the decoder's T5."""
-        return self.encode(text)
 
 
 # --- captions --------------------------------------------------------------------------------------------
@@ -461,12 +458,15 @@ def _resume_state(out_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _targets(decoder: Decoder, captions: list[str], n_queries: int, device, progress: ProgressFn) -> dict:
-    """caption -> its T5 states [min(L, n_queries), text_dim] float32 on ``device``, each encoded once."""
+    """caption -> its T5 states padded to [n_queries, text_dim] (float32 on ``device``), each encoded once.
+
+    Every query row has a target: the caption's token states, then T5's own states of padding, so the rows
+    past the caption (which the decoder attends to as well) learn what padding looks like to it."""
     unique = list(dict.fromkeys(captions))
     targets = {}
     for i, caption in enumerate(unique):
         progress(Progress("targets", i, len(unique), "T5 states of the captions"))
-        states = decoder.encode_text(caption).states[:n_queries]
+        states = decoder.encode_text(caption, pad_to=n_queries).states
         targets[caption] = states.to(device, torch.float32).clone()  # clone: a normal tensor, not an inference one
     progress(Progress("targets", len(unique), len(unique), "T5 states of the captions"))
     return targets

@@ -22,7 +22,7 @@ from rich.table import Table
 from . import __version__, audio_io
 from .checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from .devices import DEVICE_CHOICES, DTYPE_CHOICES
-from .errors import AudiostoryError, InputError
+from .errors import AudiostoryError, InputError, ModelLoadError
 from .story import (
     DEFAULT_COHERENCE,
     MAX_EVENTS,
@@ -268,6 +268,13 @@ def _load_models(device, dtype, *, planner=None, decoder=None, bridge=None, mode
         if story_planner is None:  # render: the planner the bridge was trained with, unless --planner says
             story_planner = _load_planner(planner or BridgeAdapter.load(bridge)[1].planner, device, dtype)
         trained_bridge = TrainedBridge.load(bridge, story_planner)
+        text_dim = story_decoder.text_encoder.config.d_model if story_decoder is not None else None
+        if text_dim is not None and trained_bridge.config.text_dim != text_dim:
+            raise ModelLoadError(
+                f"bridge {bridge} was trained for text features of width {trained_bridge.config.text_dim} "
+                f"({trained_bridge.config.decoder}), but decoder {story_decoder.ref} uses {text_dim}",
+                hint="use the decoder it was trained for, or train a bridge for this one",
+            )
     return _Models(story_planner, story_decoder, trained_bridge, None)
 
 
@@ -531,7 +538,8 @@ def train_bridge_command(
     save_every: Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint every this many steps (and "
                           "at the end).")] = 100,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the checkpoint in the output folder.")] = False,
-    seed: SeedOpt = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the query initialisation and the batch "
+                    "order.")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     n_queries: Annotated[Optional[int], typer.Option("--n-queries", min=1, max=512, help="Query embeddings, = "
@@ -550,7 +558,7 @@ def train_bridge_command(
             with ProgressView() as view:
                 result = train_bridge(
                     story_planner, story_decoder, texts, outdir, steps=steps, batch_size=batch_size, lr=lr,
-                    save_every=save_every, resume=resume, seed=seed or 0, n_queries=n_queries, progress=view,
+                    save_every=save_every, resume=resume, seed=seed, n_queries=n_queries, progress=view,
                 )  # fmt: skip
         except KeyboardInterrupt:
             kept = f"the last checkpoint in {outdir} is kept (continue with --resume)"

@@ -409,11 +409,17 @@ class Decoder:
         return latents
 
     @torch.inference_mode()
-    def encode_text(self, text: str) -> TextTokens:
-        """T5 states of one text, unpadded (cut to ``MAX_TEXT_TOKENS``), and their mean."""
-        tokens = self.tokenizer([text], max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt")
-        states = self.text_encoder(input_ids=tokens.input_ids.to(self.device))[0][0].float()
-        return TextTokens(states=states, pooled=states.mean(dim=0))
+    def encode_text(self, text: str, *, pad_to: int | None = None) -> TextTokens:
+        """T5 states of one text (cut to ``MAX_TEXT_TOKENS``) and their mean. ``pad_to``: exactly that many
+        rows, the text's own tokens then T5's states of padding (attention-masked), as a fixed-size target."""
+        if pad_to is None:
+            tokens = self.tokenizer([text], max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt")
+        else:
+            tokens = self.tokenizer([text], max_length=pad_to, truncation=True, padding="max_length", return_tensors="pt")
+        tokens = tokens.to(self.device)
+        states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)[0][0].float()
+        valid = tokens.attention_mask[0].bool()
+        return TextTokens(states=states, pooled=states[valid].mean(dim=0))
 
     def _uncond_like(self, text: TextTokens) -> TextTokens:
         """As upstream: "" padded to the caption's own token count (the padding attends), pooled over "" alone."""
