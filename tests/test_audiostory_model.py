@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import one_thread
 import torch
 
 from audiostory_cli import audiostory_model as am
@@ -16,28 +16,16 @@ from audiostory_cli.decoder import ClipRequest
 from audiostory_cli.errors import ModelLoadError, ModelNotFoundError, PlanError
 from audiostory_cli.story import Event, Plan, StoryRequest
 from audiostory_cli.testing import AUDIOSTORY_LLM_PREFIX as LLM
-from audiostory_cli.testing import audiostory_added_tokens, build_tiny_audiostory
+from audiostory_cli.testing import audiostory_added_tokens
 
 CPU = torch.device("cpu")
 FAST = am.GenerationLimits(reasoning_tokens=24)  # the tiny model rambles: keep its reasoning short
 REQUEST = StoryRequest("rain on a tin roof, then thunder, then a dog barks", 9.5, seed=3, max_events=3)
 
 
-@contextmanager
-def one_thread():
-    """Module fixtures run before conftest's per-test ``_one_thread``: tiny models, so one thread here too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def tiny_audiostory(tmp_path_factory) -> Path:
-    with one_thread():
-        return build_tiny_audiostory(tmp_path_factory.mktemp("models") / "audiostory")
+def tiny_audiostory(tiny_audiostory_model) -> Path:
+    return tiny_audiostory_model
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ files round-trip, resume is exact, errors name what is wrong."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -48,7 +46,6 @@ CAPTIONS = [
     "seagulls cry over the harbor",
 ]
 SMALL = {"batch_size": 4, "lr": 3e-3, "n_queries": 8, "projector_hidden": 64, "save_every": 10}  # seconds on a CPU
-REAL_PLANNER_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "real-planner-gguf"
 
 
 @pytest.fixture(scope="module")
@@ -282,14 +279,9 @@ def test_cli_trains_then_refuses_to_overwrite_without_resume(tiny_planner, tiny_
 
 
 @pytest.mark.slow
-def test_real_planner_bridge_loss_decreases(tiny_decoder, tmp_path):
+def test_real_planner_bridge_loss_decreases(tiny_decoder, tmp_path, real_planner_gguf):
     """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M gguf, bf16 on CPU) against the tiny decoder's T5: 10 steps."""
-    path = os.environ.get("AUDIOSTORY_PLANNER_GGUF")
-    if path is None:
-        if not REAL_PLANNER_TOOL.exists():
-            pytest.skip(f"no real planner: set AUDIOSTORY_PLANNER_GGUF or provide {REAL_PLANNER_TOOL}")
-        done = subprocess.run([str(REAL_PLANNER_TOOL)], capture_output=True, text=True, check=True, timeout=3600)
-        path = done.stdout.strip().splitlines()[-1]
+    path = real_planner_gguf
     started = time.perf_counter()
     real = Planner.load(path, device=CPU, dtype=torch.bfloat16)
     decoder = Decoder.load(str(tiny_decoder), device=CPU, dtype=torch.float32)

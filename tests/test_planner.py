@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +28,6 @@ from audiostory_cli.testing import build_tiny_planner
 
 CPU = torch.device("cpu")
 HARBOR = "a storm reaches a quiet harbor, a ship's bell rings, the rain stops and gulls return"
-REAL_PLANNER_TOOL = Path("/work/shared/tools/real-planner-gguf")  # prints the path of a real chat LLM (.gguf)
 
 
 @pytest.fixture(scope="session")
@@ -304,14 +300,9 @@ def test_tiny_planner_is_deterministic_and_leaves_the_global_rng(tiny_planner, t
 
 
 @pytest.mark.slow
-def test_real_planner_plans_sounds():
+def test_real_planner_plans_sounds(real_planner_gguf):
     """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M gguf) on CPU: 3+ events whose captions are sounds."""
-    path = os.environ.get("AUDIOSTORY_PLANNER_GGUF")
-    if path is None:
-        if not REAL_PLANNER_TOOL.exists():
-            pytest.skip(f"no real planner: set AUDIOSTORY_PLANNER_GGUF or provide {REAL_PLANNER_TOOL}")
-        done = subprocess.run([str(REAL_PLANNER_TOOL)], capture_output=True, text=True, check=True, timeout=3600)
-        path = done.stdout.strip().splitlines()[-1]
+    path = real_planner_gguf
     started = time.perf_counter()
     planner = Planner.load(path, device=CPU, dtype=torch.bfloat16)
     loaded = time.perf_counter()
