@@ -11,6 +11,7 @@ from conftest import one_thread
 import torch
 
 from audiostory_cli import audiostory_model as am
+from audiostory_cli import audiostory_protocol as ap
 from audiostory_cli import pipeline, story
 from audiostory_cli.decoder import ClipRequest
 from audiostory_cli.errors import ModelLoadError, ModelNotFoundError, PlanError
@@ -19,7 +20,7 @@ from audiostory_cli.testing import AUDIOSTORY_LLM_PREFIX as LLM
 from audiostory_cli.testing import audiostory_added_tokens
 
 CPU = torch.device("cpu")
-FAST = am.GenerationLimits(reasoning_tokens=24)  # the tiny model rambles: keep its reasoning short
+FAST = ap.GenerationLimits(reasoning_tokens=24)  # the tiny model rambles: keep its reasoning short
 REQUEST = StoryRequest("rain on a tin roof, then thunder, then a dog barks", 9.5, seed=3, max_events=3)
 
 
@@ -216,12 +217,12 @@ def test_keys_of_modules_config_yaml_declares_are_accepted(tiny_audiostory, tmp_
 
 def test_legacy_token_order_is_one_switch_away(tiny_audiostory, monkeypatch):
     names = list(audiostory_added_tokens())
-    legacy = am.token_order(names, audiostory_added_tokens(), "legacy")
+    legacy = ap.token_order(names, audiostory_added_tokens(), "legacy")
     assert legacy[:100] == [f"<t5_{i:05d}>" for i in range(100)]
     assert legacy[100:106] == ["<t5>", "</t5>", "<|/think|>", "<video_padding>", "</timestamp>", "<timestamp>"]
     assert legacy[-3:] == ["<|gen|>", "<|/gen|>", "<|think|>"] and sorted(legacy) == sorted(names)
-    monkeypatch.setattr(am, "TOKEN_ORDER", "legacy")
-    tokenizer = am.load_tokenizer(tiny_audiostory / "tokenizer")
+    monkeypatch.setattr(ap, "TOKEN_ORDER", "legacy")
+    tokenizer = ap.load_tokenizer(tiny_audiostory / "tokenizer")
     base = tokenizer.get_vocab_size(with_added_tokens=True) - len(names)
     assert tokenizer.token_to_id("<|think|>") == base + 611
     assert tokenizer.token_to_id("<t5_00000>") == base

@@ -410,8 +410,8 @@ def render(
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Render a plan file, no planner. Seed, steps, guidance, crossfade and decoder default to the values
-    saved in the plan, so rendering a saved plan reproduces its audio."""
+    """Render a plan file, no planner. Seed, steps, guidance, crossfade, coherence, continuation, decoder,
+    bridge and model default to the values saved in the plan, so rendering a saved plan reproduces its audio."""
     from .pipeline import render_to_file
 
     with _errors():
