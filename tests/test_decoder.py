@@ -165,3 +165,17 @@ def test_tiny_decoder_build_is_reproducible(tmp_path):
     names = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert names == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     assert all((first / n).read_bytes() == (second / n).read_bytes() for n in names)
+
+
+def test_text_encoder_keys_in_the_dit_file_load_strictly(tiny_decoder, tmp_path):
+    broken = tmp_path / "decoder"
+    shutil.copytree(tiny_decoder, broken)
+    dit = load_file(str(broken / "tangoflux.safetensors"))
+    t5 = load_file(str(broken / "text_encoder" / "model.safetensors"))
+    full = {**dit, **{f"text_encoder.{k}": v for k, v in t5.items()}}
+    save_file(full, str(broken / "tangoflux.safetensors"))
+    Decoder.load(str(broken), device=CPU, dtype=torch.float32)  # the whole T5 under text_encoder.*: fine
+    del full[next(k for k in full if k.startswith("text_encoder.encoder.block.0."))]
+    save_file(full, str(broken / "tangoflux.safetensors"))
+    with pytest.raises(ModelLoadError, match="text_encoder keys do not match the T5 encoder: missing"):
+        Decoder.load(str(broken), device=CPU, dtype=torch.float32)

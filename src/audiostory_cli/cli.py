@@ -164,7 +164,7 @@ def _errors() -> Iterator[None]:
         stderr.print(f"[dim](set {DEBUG_ENV}=1 for the full traceback)[/]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: nothing was written")
+        stderr.print("[bold red]interrupted[/]: no half-written file was left")
         raise typer.Exit(130) from None
 
 

@@ -495,9 +495,15 @@ def _load_dit_weights(dit: TangoFluxDiT, text_encoder: nn.Module, path: Path) ->
     dit_state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
     _strict_load(dit, dit_state, path)
     if t5_state:
+        # T5 ties ``shared`` and ``encoder.embed_tokens``: a file may hold either name of that one weight.
+        tied = {"shared.weight", "encoder.embed_tokens.weight"}
         missing, unexpected = text_encoder.load_state_dict(t5_state, strict=False)
-        if unexpected:
-            raise ModelLoadError(f"{path}: unexpected text_encoder keys: {', '.join(sorted(unexpected)[:8])}")
+        missing = [k for k in missing if not (k in tied and tied & set(t5_state))]
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"{path}: text_encoder keys do not match the T5 encoder: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
 
 
 def _load_vae(path: Path):
