@@ -23,7 +23,7 @@ from torch import nn
 
 from .decoder import TextTokens
 from .errors import InputError
-from .story import DEFAULT_COHERENCE, Event, Plan  # noqa: F401 - DEFAULT_COHERENCE re-exported
+from .story import Event, Plan
 
 HISTORY_EVENTS = 4  # previous events that enter the residual
 HISTORY_DECAY = 0.5  # weight of an event k steps back: HISTORY_DECAY ** k
@@ -87,7 +87,7 @@ def condition(plan: Plan, semantic_encoder: TextEncoder, residual_encoder: TextE
     """Per event: semantic tokens of its caption, residual tokens of what persists (in ``plan.events`` order)."""
     story = _weighted(residual_encoder.encode_text(plan.prompt), STORY_WEIGHT) if plan.prompt.strip() else None
     tones: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    captions = {e.index: residual_encoder.encode_text(e.caption).states for e in plan.events}
+    captions = {e.index: residual_encoder.encode_text(e.caption) for e in plan.events}
     conditionings = []
     for event in plan.events:
         parts = [story] if story is not None else []
@@ -97,10 +97,12 @@ def condition(plan: Plan, semantic_encoder: TextEncoder, residual_encoder: TextE
                 tones[tone] = _weighted(residual_encoder.encode_text(f"tone: {tone}"), TONE_WEIGHT)
             parts.append(tones[tone])
         for distance, earlier in enumerate(_history(plan, event), start=1):
-            states = captions[earlier.index]
+            states = captions[earlier.index].states
             parts.append((states, torch.full((states.shape[0],), HISTORY_DECAY**distance)))
-        residual, weight = _concat(parts, semantic_dim=captions[event.index].shape[1])
-        conditionings.append(Conditioning(event, semantic_encoder.encode_text(event.caption), residual, weight))
+        residual, weight = _concat(parts, semantic_dim=captions[event.index].states.shape[1])
+        same = semantic_encoder is residual_encoder  # then the caption's tokens are already encoded
+        semantic = captions[event.index] if same else semantic_encoder.encode_text(event.caption)
+        conditionings.append(Conditioning(event, semantic, residual, weight))
     return conditionings
 
 

@@ -325,12 +325,7 @@ class Decoder:
 
     def _render_window(self, text, seconds, noise, pinned, steps, guidance, progress) -> torch.Tensor:
         """Denoise one window for one clip, its first ``len(pinned)`` frames pinned; [frames, channels]."""
-        use_cfg = guidance > 1.0
-        texts = [self._uncond_like(text), text] if use_cfg else [text]
-        context, mask, pooled = self._stack_texts(texts)
-        duration = self.dit.duration_emebdder(torch.tensor([seconds] * len(texts), device=self.device))
-        context = torch.cat([context, duration.to(context.dtype)], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        context, mask, pooled = self._conditioning([text], [seconds], guidance > 1.0)
         known = pinned[None] if pinned.shape[0] else None
         latents = self._denoise(noise[None].to(self.device), context, mask, pooled, steps, guidance, progress, known)
         return latents[0]
@@ -350,15 +345,9 @@ class Decoder:
 
     def _render_batch(self, batch, frames, steps, guidance, progress) -> list[np.ndarray]:
         # 1. Conditioning: text tokens + duration token, pooled text; unconditional half first.
-        use_cfg = guidance > 1.0
         texts = [r.text if r.text is not None else self.encode_text(r.event.caption) for r in batch]
-        if use_cfg:
-            texts = [self._uncond_like(t) for t in texts] + texts
-        context, mask, pooled = self._stack_texts(texts)
-        seconds = torch.tensor([r.n_samples / self.sample_rate for r in batch], device=self.device)
-        duration = self.dit.duration_emebdder(seconds.repeat(2 if use_cfg else 1))
-        context = torch.cat([context, duration.to(context.dtype)], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        seconds = [r.n_samples / self.sample_rate for r in batch]
+        context, mask, pooled = self._conditioning(texts, seconds, guidance > 1.0)
         # 2. Starting noise: one generator per clip, drawn on the CPU so it is the same on every device.
         latents = torch.stack([self._noise(r.seed, frames) for r in batch]).to(self.device)
         # 3. Flow-matching Euler over the window.
@@ -430,6 +419,17 @@ class Decoder:
             valid = ids.attention_mask[0].bool()
             self._uncond_cache[length] = TextTokens(states=states, pooled=states[valid].mean(dim=0))
         return self._uncond_cache[length]
+
+    def _conditioning(self, texts: list[TextTokens], seconds: list[float], use_cfg: bool):
+        """Each clip's text tokens followed by its duration token, their mask and the pooled text vector;
+        with guidance, the unconditional rows come first."""
+        if use_cfg:
+            texts, seconds = [self._uncond_like(t) for t in texts] + texts, seconds * 2
+        context, mask, pooled = self._stack_texts(texts)
+        duration = self.dit.duration_emebdder(torch.tensor(seconds, device=self.device))
+        context = torch.cat([context, duration.to(context.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        return context, mask, pooled
 
     def _stack_texts(self, texts: list[TextTokens]):
         """Pad to the longest with the padding masked, so a clip does not depend on its batch neighbours."""

@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import audio_io, loudness, mix
-from . import bridge
+from . import audio_io, bridge, loudness, mix
 from .decoder import ClipRequest, Decoder
 from .errors import AudiostoryError, InputError
 from .story import (
+    DEFAULT_COHERENCE,
     Plan,
     Progress,
     ProgressFn,
@@ -47,7 +47,7 @@ class RenderOptions:
     batch_size: int = 4  # clips denoised together
     peak_dbfs: float = -1.0  # peak ceiling of the output
     loudness_lufs: float | None = None  # normalise integrated loudness to this target, if set
-    coherence: float = bridge.DEFAULT_COHERENCE  # weight of the residual query at fusion; 0: caption only
+    coherence: float = DEFAULT_COHERENCE  # weight of the residual query at fusion; 0: caption only
     continuation: bool = True  # generate each clip's head as the continuation of the previous clip's tail
 
     def __post_init__(self) -> None:
@@ -149,9 +149,9 @@ def _bridge_texts(plan: Plan, decoder: Decoder, semantic_encoder, coherence: flo
     the decoder encode the caption itself, exactly as without a bridge."""
     if coherence == 0 and semantic_encoder is None:
         return {e.index: None for e in plan.events}
-    residual = bridge.condition(plan, semantic_encoder or decoder, decoder)
+    conditionings = bridge.condition(plan, semantic_encoder or decoder, decoder)
     fusion = bridge.Fusion(decoder.text_encoder.config.d_model)
-    return {c.event.index: bridge.fuse(c, fusion, coherence) for c in residual}
+    return {c.event.index: bridge.fuse(c, fusion, coherence) for c in conditionings}
 
 
 def render_to_file(

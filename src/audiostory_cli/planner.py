@@ -297,13 +297,9 @@ def _parse_answer(answer: str, max_events: int) -> dict[str, Any]:
         if not isinstance(event, dict) or not isinstance(event.get("caption"), str):
             raise PlanError(f"events[{i}] must be an object with a caption string")
         duration = event.get("duration_s")
-        if not _is_positive_number(duration):
+        if not (story.is_finite_number(duration) and duration > 0):
             raise PlanError(f"events[{i}].duration_s = {json.dumps(duration)}: must be a number > 0")
     return data
-
-
-def _is_positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def fit_durations(

@@ -57,13 +57,17 @@ class StoryRequest:
     @property
     def min_events(self) -> int:
         """Fewest events that cover ``total_s`` when none may last longer than ``max_event_s``."""
-        return 1 if self.max_event_s is None else math.ceil(self.total_s / self.max_event_s - 1e-9)
+        return events_needed(self.total_s, self.max_event_s)
+
+
+def events_needed(total_s: float, max_event_s: float | None) -> int:
+    """Fewest events that cover ``total_s`` when none may last longer than ``max_event_s`` (None: 1)."""
+    return 1 if max_event_s is None else math.ceil(total_s / max_event_s - 1e-9)
 
 
 def default_max_events(total_s: float, max_event_s: float | None) -> int:
     """``--max-events`` when not given: 8, or as many as a story of ``total_s`` needs."""
-    needed = 1 if max_event_s is None else math.ceil(total_s / max_event_s - 1e-9)
-    return min(MAX_EVENTS, max(8, needed))
+    return min(MAX_EVENTS, max(8, events_needed(total_s, max_event_s)))
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ def check_prompt(prompt: str) -> None:
 
 
 def check_total_s(total_s: float) -> None:
-    if not _is_number(total_s) or not 0 < total_s <= MAX_TOTAL_S:
+    if not is_finite_number(total_s) or not 0 < total_s <= MAX_TOTAL_S:
         raise InputError(f"duration = {total_s}: must be > 0 and <= {MAX_TOTAL_S:g} seconds")
 
 
@@ -368,7 +372,7 @@ def _field(data: dict, name: str, kind: type, where: str, default: Any = _MISSIN
             raise PlanError(f"{where}{name} is missing")
         return default
     if kind is float:
-        if not _is_number(value):
+        if not is_finite_number(value):
             raise PlanError(f"{where}{name} = {json.dumps(value)}: must be a number")
         return float(value)
     if kind is int:
@@ -389,5 +393,6 @@ def _no_unknown(data: dict, where: str, known: set[str]) -> None:
         raise PlanError(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(sorted(known))})")
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """A real int or float, finite; not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
