@@ -194,6 +194,7 @@ def test_event_three_windows_long_renders_exactly_and_smoothly(run, tiny_decoder
         (["generate", PROMPT, "-o", "{tmp}/x.wav", "--device", "tpu"], 2, "'tpu' is not one of auto, cuda, cpu, mps"),
         (["render", "{tmp}/bad.json", "-o", "{tmp}/x.wav", "--window", "half"], 2, "'half' is not one of auto, full"),
         (["generate", PROMPT, "-o", "{tmp}/x.wav", "--steps", "0"], 2, "--steps"),
+        (["batch", "examples/prompts.txt", "-d", "{tmp}/out", "--format", "xyz"], 1, "output format .xyz is not supported"),
     ],
 )
 def test_bad_input_one_line_exit_code_no_file(run, tiny_planner, tiny_decoder, tmp_path, args, code, message):

@@ -48,9 +48,15 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     folder, and ``AudioIOError`` when the encoder the extension needs is not available.
     """
     path = _check_target(path)
-    extension = path.suffix.lower()
-    if not extension:
+    if not path.suffix:
         raise InputError(f"output path {path} has no extension: add one of {', '.join(SUPPORTED_EXTENSIONS)}")
+    check_extension(path.suffix)
+    return path
+
+
+def check_extension(extension: str) -> None:
+    """Check that files ending in ``extension`` (".wav") can be written here: supported, encoder available."""
+    extension = extension.lower()
     if extension not in SUPPORTED_EXTENSIONS:
         supported = ", ".join(SUPPORTED_EXTENSIONS)
         raise InputError(f"output format {extension} is not supported: use one of {supported}")
@@ -61,7 +67,6 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
             f"this libsndfile ({soundfile.__libsndfile_version__}) cannot write MP3",
             hint="upgrade to libsndfile >= 1.1 (pip install -U soundfile), or write .wav/.flac/.ogg",
         )
-    return path
 
 
 def _check_target(path: str | os.PathLike[str]) -> Path:
@@ -87,19 +92,19 @@ def write_audio(path: str | os.PathLike[str], wave: np.ndarray, sample_rate: int
     extension = path.suffix.lower()
     if extension in _FFMPEG_FORMATS:
         muxer, codec = _FFMPEG_FORMATS[extension]
-        return _atomic_write(path, lambda file: _export_ffmpeg(file, samples, sample_rate, muxer, codec))
+        return atomic_write(path, lambda file: _export_ffmpeg(file, samples, sample_rate, muxer, codec))
     file_format, subtype = _SOUNDFILE_FORMATS[extension]
-    return _atomic_write(
+    return atomic_write(
         path, lambda file: soundfile.write(file, samples, sample_rate, format=file_format, subtype=subtype)
     )
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically, e.g. the plan JSON beside the audio."""
-    return _atomic_write(_check_target(path), lambda file: file.write(text.encode("utf-8")))
+    return atomic_write(_check_target(path), lambda file: file.write(text.encode("utf-8")))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Run ``write`` on a hidden partial file in ``path``'s folder, fsync it, rename it onto ``path``."""
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
     try:

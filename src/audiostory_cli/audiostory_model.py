@@ -194,9 +194,9 @@ def _load(ref: str, root: Path, device: torch.device, dtype: torch.dtype) -> Aud
     _check_sizes(config, llm_config, tokenizer, rows, weights_path)
     # 2. The decoder's fixed parts: the T5 (its width D is the queries' width) and the DiT's config.
     flux_dir = root / "Flux_detokenizer"
-    flux_config = _decoder._read_config(flux_dir / "config.json")
+    flux_config = _decoder.read_tangoflux_config(flux_dir / "config.json")
     flux_config = replace(flux_config, text_encoder_name=_t5_reference(root, flux_config.text_encoder_name))
-    text_encoder, t5_tokenizer = _decoder._load_text_encoder(root, flux_config, device, dtype)
+    text_encoder, t5_tokenizer = _decoder.load_text_encoder(root, flux_config, device, dtype)
     text_dim = text_encoder.config.d_model
     # 3. Empty modules in the checkpoint's shapes; every key of the file matched to them, then assigned.
     with torch.device("meta"):
@@ -222,7 +222,7 @@ def _load(ref: str, root: Path, device: torch.device, dtype: torch.dtype) -> Aud
     vocab = _Vocab.of(tokenizer, rows, device)
     ids = ProtocolIds.of(tokenizer, config, root / "tokenizer")
     planner = AudioStoryPlanner(ref, llm.eval(), tokenizer, ids, vocab, repetition_penalty=penalty)
-    vae = _decoder._load_vae(flux_dir / "model.safetensors").to(device=device, dtype=torch.float32).eval()
+    vae = _decoder.load_vae(flux_dir / "model.safetensors").to(device=device, dtype=torch.float32).eval()
     render = Decoder(
         ref=ref, config=flux_config, dit=parts["tangoflux."].eval(), vae=vae, text_encoder=text_encoder,
         tokenizer=t5_tokenizer, device=device, dtype=dtype,

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import story
-from .audio_io import _atomic_write
-from .decoder import TextTokens, _strict_load
+from .audio_io import atomic_write
+from .decoder import TextTokens, strict_load
 from .errors import InputError, ModelLoadError, ModelNotFoundError
 from .story import Progress, ProgressFn, no_progress
 
@@ -149,8 +149,8 @@ class BridgeAdapter(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
         data = save(state, metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
-        _atomic_write(folder / WEIGHTS_FILE, lambda file: file.write(data))
-        _atomic_write(folder / CONFIG_FILE, lambda file: file.write(self.config.to_json().encode("utf-8")))
+        atomic_write(folder / WEIGHTS_FILE, lambda file: file.write(data))
+        atomic_write(folder / CONFIG_FILE, lambda file: file.write(self.config.to_json().encode("utf-8")))
         return folder
 
     @classmethod
@@ -173,7 +173,7 @@ class BridgeAdapter(nn.Module):
         except Exception as err:  # noqa: BLE001 - any reader failure is one clear message
             raise ModelLoadError(f"cannot read {folder / WEIGHTS_FILE}: {err}") from None
         adapter = cls(config)
-        _strict_load(adapter, state, folder / WEIGHTS_FILE)
+        strict_load(adapter, state, folder / WEIGHTS_FILE)
         return adapter, config
 
 
@@ -495,6 +495,6 @@ def _save_checkpoint(out_dir: Path, adapter, optimizer, generator, step: int, hi
         "step": step,
         "history": {k: list(v) for k, v in history.items()},
     }
-    _atomic_write(out_dir / STATE_FILE, lambda file: torch.save(state, file))
+    atomic_write(out_dir / STATE_FILE, lambda file: torch.save(state, file))
     adapter.save(out_dir)
 

@@ -473,7 +473,7 @@ def batch(
 
     with _errors():
         extension = "." + audio_format.lower().lstrip(".")
-        audio_io.check_output_path(Path(".") / f"probe{extension}")
+        audio_io.check_extension(extension)
         items = read_prompts_file(prompts_file)
         if outdir.exists() and not outdir.is_dir():
             raise AudiostoryError(f"--outdir {outdir} is a file", hint="give a folder")

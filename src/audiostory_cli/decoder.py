@@ -175,8 +175,8 @@ class Decoder:
         if folder.is_file():
             raise ModelLoadError(f"decoder '{ref}' is a file; expected a folder ({DECODER_KIND.layout})")
         with quiet_loading():
-            config = _read_config(folder / "config.json")
-            text_encoder, tokenizer = _load_text_encoder(folder, config, device, dtype)
+            config = read_tangoflux_config(folder / "config.json")
+            text_encoder, tokenizer = load_text_encoder(folder, config, device, dtype)
             text_dim = text_encoder.config.d_model
             if text_dim != config.joint_attention_dim:
                 raise ModelLoadError(
@@ -185,7 +185,7 @@ class Decoder:
                 )
             dit = TangoFluxDiT(config, text_dim)
             _load_dit_weights(dit, text_encoder, folder / "tangoflux.safetensors")
-            vae = _load_vae(folder / "vae.safetensors")
+            vae = load_vae(folder / "vae.safetensors")
             dit.to(device=device, dtype=dtype).eval()
             vae.to(device=device, dtype=torch.float32).eval()
         return cls(
@@ -464,14 +464,16 @@ def _fit(wave: np.ndarray, n_samples: int) -> np.ndarray:
     return np.ascontiguousarray(wave[:, :n_samples], dtype=np.float32)
 
 
-def _read_config(path: Path) -> TangoFluxConfig:
+def read_tangoflux_config(path: Path) -> TangoFluxConfig:
+    """TangoFlux's config.json (the DiT's sizes), unknown fields ignored; a bad file is a ModelLoadError."""
     try:
         return TangoFluxConfig.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as err:
         raise ModelLoadError(f"cannot read decoder config {path}: {err}") from None
 
 
-def _load_text_encoder(folder: Path, config: TangoFluxConfig, device, dtype):
+def load_text_encoder(folder: Path, config: TangoFluxConfig, device, dtype):
+    """The T5 encoder and its tokenizer: ``folder/text_encoder`` if present, else ``config.text_encoder_name``."""
     from transformers import AutoTokenizer, T5EncoderModel
 
     local = folder / "text_encoder"
@@ -493,7 +495,7 @@ def _load_dit_weights(dit: TangoFluxDiT, text_encoder: nn.Module, path: Path) ->
     state = _read_safetensors(path, load_file)
     t5_state = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
     dit_state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
-    _strict_load(dit, dit_state, path)
+    strict_load(dit, dit_state, path)
     if t5_state:
         # T5 ties ``shared`` and ``encoder.embed_tokens``: a file may hold either name of that one weight.
         tied = {"shared.weight", "encoder.embed_tokens.weight"}
@@ -506,13 +508,14 @@ def _load_dit_weights(dit: TangoFluxDiT, text_encoder: nn.Module, path: Path) ->
             )
 
 
-def _load_vae(path: Path):
+def load_vae(path: Path):
+    """The Oobleck VAE from a safetensors file, its sizes read off the weights, loaded strictly (fp32, CPU)."""
     from diffusers import AutoencoderOobleck
     from safetensors.torch import load_file
 
     state = _read_safetensors(path, load_file)
     vae = AutoencoderOobleck(**_oobleck_config(state, path))
-    _strict_load(vae, state, path)
+    strict_load(vae, state, path)
     return vae
 
 
@@ -545,7 +548,7 @@ def _read_safetensors(path: Path, load_file) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"cannot read {path}: {err}") from None
 
 
-def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
