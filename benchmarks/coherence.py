@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from audiostory_cli import audio_io, mix
+from audiostory_cli import audio_io, mix, registry
 from audiostory_cli.coherence import boundary_discontinuity, loudness_jumps_db
 from audiostory_cli.errors import AudiostoryError
-from audiostory_cli.pipeline import RenderOptions, render_plan
+from audiostory_cli.conditioning.residual import ResidualConditioner
+from audiostory_cli.pipeline import render_plan
+from audiostory_cli.settings import RenderOptions
 from audiostory_cli.story import Plan, check_seed, load_plan
 
 DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "examples" / "plan.json"  # a 24 s story, 3 joins
@@ -150,13 +152,13 @@ def run_all(decoder, plan: Plan, configs, args) -> tuple[list[dict], list[dict]]
     """Render and score every seed x configuration; seeds outside, so slow drift hits every configuration."""
     base = RenderOptions(steps=args.steps)
     joins = foreground_joins(plan, base.crossfade_s)
-    render_plan(decoder, plan, dataclasses.replace(base, steps=1))  # warm-up: first-call costs land on no row
+    render_plan(decoder, plan, dataclasses.replace(base, steps=1), ResidualConditioner(base.coherence))  # warm-up: first-call costs land on no row
     join_rows, render_rows = [], []
     for seed in args.seeds:
         for name, fields in configs:
             options = dataclasses.replace(base, seed=seed, **fields)
             started = time.perf_counter()
-            track = render_plan(decoder, plan, options)
+            track = render_plan(decoder, plan, options, ResidualConditioner(options.coherence))
             render_s = time.perf_counter() - started
             render_rows.append({"configuration": name, "seed": seed, "render_s": render_s})
             join_rows += [
@@ -242,12 +244,11 @@ def load_decoder(args, scratch: Path):
     """The decoder named by ``--decoder``, or a tiny random one built in ``scratch`` (CPU, one thread)."""
     import torch
 
-    from audiostory_cli.decoder import Decoder
     from audiostory_cli.devices import resolve_device, resolve_dtype
 
     if args.decoder:
         device = resolve_device(args.device)
-        return Decoder.load(args.decoder, device=device, dtype=resolve_dtype("auto", device))
+        return registry.load_decoder(args.decoder, device=device, dtype=resolve_dtype("auto", device))
     from transformers.utils import logging as transformers_logging
 
     from audiostory_cli.testing import build_tiny_decoder
@@ -255,7 +256,9 @@ def load_decoder(args, scratch: Path):
     note("no --decoder: using a tiny decoder with random weights; it tests the machinery, not quality")
     torch.set_num_threads(1)  # tiny models are all overhead: extra threads only wait on each other
     transformers_logging.disable_progress_bar()
-    return Decoder.load(str(build_tiny_decoder(scratch / "decoder")), device=torch.device("cpu"), dtype=torch.float32)
+    return registry.load_decoder(
+        str(build_tiny_decoder(scratch / "decoder")), device=torch.device("cpu"), dtype=torch.float32
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,10 +10,13 @@ import pytest
 from conftest import one_thread
 import torch
 
-from audiostory_cli import audiostory_model as am
-from audiostory_cli import audiostory_protocol as ap
 from audiostory_cli import pipeline, story
-from audiostory_cli.decoder import ClipRequest
+from audiostory_cli.decoders.base import ClipRequest
+from audiostory_cli.models.audiostory import config as am_config
+from audiostory_cli.models.audiostory import load as am
+from audiostory_cli.models.audiostory import protocol as ap
+from audiostory_cli.models.audiostory.fusion import AudioStoryConditioner
+from audiostory_cli.settings import RenderOptions
 from audiostory_cli.errors import ModelLoadError, ModelNotFoundError, PlanError
 from audiostory_cli.story import Event, Plan, StoryRequest
 from audiostory_cli.testing import AUDIOSTORY_LLM_PREFIX as LLM
@@ -147,7 +150,7 @@ def test_new_peft_key_style_loads_to_the_same_merged_weights(model, tiny_audiost
     def to_new_style(state):
         for key in list(state):
             module, _, param = key.rpartition(".")
-            if module.rsplit(".", 1)[-1] in am.AudioStoryConfig.target_modules and "lora_" not in key:
+            if module.rsplit(".", 1)[-1] in am_config.AudioStoryConfig.target_modules and "lora_" not in key:
                 state[f"{module}.base_layer.{param}"] = state.pop(key)
 
     new = load(variant(tiny_audiostory, tmp_path / "ckpt", to_new_style))
@@ -379,10 +382,10 @@ def test_rendering_a_plan_with_its_event_texts(model, monkeypatch):
     texts = model.event_texts(plan)
     seen: list[ClipRequest] = []
     render = model.decoder.render
-    monkeypatch.setattr(model.decoder, "render", lambda requests, **kw: seen.extend(requests) or render(requests, **kw))
-    options = pipeline.RenderOptions(steps=2, coherence=0.0, continuation=True, crossfade_s=0.5, seed=request.seed)
-    track = pipeline.render_plan(model.decoder, plan, options, event_texts=texts)
+    monkeypatch.setattr(model.decoder, "render", lambda requests, *a, **kw: seen.extend(requests) or render(requests, *a, **kw))
+    options = RenderOptions(steps=2, continuation=True, crossfade_s=0.5, seed=request.seed, model=model.ref)
+    track = pipeline.render_plan(model.decoder, plan, options, AudioStoryConditioner(model))
     assert track.wave.shape == (2, round(3.0 * 44100)) and track.sample_rate == 44100
-    assert [r.text for r in seen] == [texts[e.index] for e in plan.events]
+    assert all(torch.equal(r.text.states, texts[e.index].states) for r, e in zip(seen, plan.events, strict=True))
     assert [r.seed for r in seen] == [story.clip_seed(5, e.index) for e in plan.events]
     assert abs(track.wave).max() > 0

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from audiostory_cli import bridge
-from audiostory_cli.decoder import Decoder
+from audiostory_cli.conditioning import residual as bridge
 from audiostory_cli.errors import InputError
+from audiostory_cli.registry import load_decoder
+from audiostory_cli.settings import RenderOptions
 from audiostory_cli.story import Event, Plan, load_plan
 
 CPU = torch.device("cpu")
@@ -17,7 +18,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def decoder(tiny_decoder):
-    return Decoder.load(str(tiny_decoder), device=CPU, dtype=torch.float32)
+    return load_decoder(str(tiny_decoder), device=CPU, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_residual_holds_story_tone_and_earlier_events_with_decaying_weight(decod
 
 def test_fuse_changes_the_conditioning_only_when_coherence_is_on(decoder, plan):
     conditioning = bridge.condition(plan, decoder, decoder)[2]
-    fusion = bridge.Fusion(decoder.text_encoder.config.d_model)
+    fusion = bridge.Fusion(decoder.caps.text_width)
     assert bridge.fuse(conditioning, fusion, 0.0) is conditioning.semantic
     fused = bridge.fuse(conditioning, fusion, 0.3)
     assert fused.states.shape == conditioning.semantic.states.shape
@@ -96,4 +97,4 @@ def test_plan_without_prompt_or_tone_still_conditions(decoder):
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_coherence_out_of_range_is_refused(value):
     with pytest.raises(InputError, match="coherence"):
-        bridge.check_coherence(value)
+        RenderOptions(coherence=value)

@@ -13,20 +13,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from audiostory_cli.bridge_training import (
+from audiostory_cli.cli import app
+from audiostory_cli.conditioning.trained_bridge import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
     BridgeAdapter,
     BridgeConfig,
     TrainedBridge,
-    alignment_loss,
     query_states,
-    read_captions,
-    train_bridge,
 )
-from audiostory_cli.cli import app
-from audiostory_cli.decoder import Decoder
 from audiostory_cli.errors import (
     InputError,
     ModelLoadError,
@@ -34,7 +30,9 @@ from audiostory_cli.errors import (
     PlanError,
 )
 from audiostory_cli.planner import Planner
+from audiostory_cli.registry import load_decoder
 from audiostory_cli.testing import TinyPlannerConfig, build_tiny_planner
+from audiostory_cli.training.bridge import alignment_loss, read_captions, train_bridge
 
 CPU = torch.device("cpu")
 CAPTIONS = [
@@ -55,7 +53,7 @@ def planner(tiny_planner):
 
 @pytest.fixture(scope="module")
 def decoder(tiny_decoder):
-    return Decoder.load(str(tiny_decoder), device=CPU, dtype=torch.float32)
+    return load_decoder(str(tiny_decoder), device=CPU, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +168,7 @@ def test_the_bridge_replaces_the_text_encoder_conditioning(planner, decoder, str
     bridge = TrainedBridge.load(straight.out_dir, planner)
     caption = CAPTIONS[0]
     ours, t5 = bridge.encode_text(caption), decoder.encode_text(caption)
-    dim = decoder.text_encoder.config.d_model
+    dim = decoder.caps.text_width
     assert ours.states.shape == (8, dim) and ours.states.dtype == torch.float32
     assert ours.pooled.shape == (dim,)
     assert t5.states.shape[1] == dim and t5.states.shape[0] != 8
@@ -284,7 +282,7 @@ def test_real_planner_bridge_loss_decreases(tiny_decoder, tmp_path, real_planner
     path = real_planner_gguf
     started = time.perf_counter()
     real = Planner.load(path, device=CPU, dtype=torch.bfloat16)
-    decoder = Decoder.load(str(tiny_decoder), device=CPU, dtype=torch.float32)
+    decoder = load_decoder(str(tiny_decoder), device=CPU, dtype=torch.float32)
     loaded = time.perf_counter()
     captions = CAPTIONS + ["a wooden door creaks open", "fire crackles in a fireplace", "waves break on pebbles",
                            "a clock ticks in a quiet room", "a train horn blows"]  # fmt: skip
@@ -292,4 +290,4 @@ def test_real_planner_bridge_loss_decreases(tiny_decoder, tmp_path, real_planner
     print(f"load {loaded - started:.1f} s, {result.seconds_per_step:.1f} s/step, losses {result.losses}")
     assert sum(result.losses[-3:]) / 3 < sum(result.losses[:3]) / 3, result.losses
     bridge = TrainedBridge.load(tmp_path, real)
-    assert bridge.encode_text("rain on a tin roof").states.shape == (32, decoder.text_encoder.config.d_model)
+    assert bridge.encode_text("rain on a tin roof").states.shape == (32, decoder.caps.text_width)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from audiostory_cli import decoder as decoder_module
+from audiostory_cli.decoders.tangoflux.decoder import TangoFluxDecoder
 from audiostory_cli.cli import app
 
 PROMPT = "a storm reaches a quiet harbor, a ship's bell rings, the rain stops and gulls return"
@@ -134,14 +134,14 @@ def test_render_hand_written_plan_with_layers(run, tiny_decoder, short_plan, tmp
 
 def test_no_two_events_share_their_starting_noise(run, tiny_decoder, short_plan, tmp_path, monkeypatch):
     drawn = []
-    original = decoder_module.Decoder._noise
+    original = TangoFluxDecoder._noise
 
     def record(self, seed, frames):
         noise = original(self, seed, frames)
         drawn.append((seed, noise))
         return noise
 
-    monkeypatch.setattr(decoder_module.Decoder, "_noise", record)
+    monkeypatch.setattr(TangoFluxDecoder, "_noise", record)
     result = run("render", short_plan, "-o", tmp_path / "s.wav", "--decoder", tiny_decoder, *FAST)
     assert result.exit_code == 0, result.output
     assert len(drawn) == 4 and len({seed for seed, _ in drawn}) == 4
@@ -323,17 +323,19 @@ def test_coherence_zero_without_continuation_is_the_caption_only_render(run, tin
     import torch
 
     from audiostory_cli import mix
-    from audiostory_cli.decoder import ClipRequest, Decoder
+    from audiostory_cli.decoders.base import ClipRequest
+    from audiostory_cli.registry import load_decoder
+    from audiostory_cli.settings import RenderOptions
     from audiostory_cli.story import clip_seed, load_plan
 
     out = tmp_path / "plain.wav"
     args = ("--coherence", "0", "--no-continuation", "--crossfade", "0.5")
     assert run("render", short_plan, "-o", out, "--decoder", tiny_decoder, *args, *FAST).exit_code == 0
     plan = load_plan(short_plan)
-    decoder = Decoder.load(str(tiny_decoder), device=torch.device("cpu"), dtype=torch.float32)
+    decoder = load_decoder(str(tiny_decoder), device=torch.device("cpu"), dtype=torch.float32)
     lengths = mix.clip_samples(plan, 0.5, 44100)
     requests = [ClipRequest(e, lengths[e.index], clip_seed(0, e.index)) for e in plan.events]
-    clips = decoder.render(requests, steps=2, guidance=4.5)
+    clips = decoder.render(requests, RenderOptions(steps=2, guidance=4.5, continuation=False), batch_size=4)
     expected = mix.compose(plan, clips, 0.5).wave
     np.testing.assert_allclose(_audio(out)[0], expected, atol=2**-22)  # 24-bit WAV
     saved = json.loads((tmp_path / "plain.plan.json").read_text())["render"]

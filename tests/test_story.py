@@ -7,16 +7,15 @@ import json
 import pytest
 
 from audiostory_cli.errors import InputError, PlanError
+from audiostory_cli.settings import RenderOptions
 from audiostory_cli.story import (
     Event,
     Plan,
-    RenderSettings,
     StoryRequest,
     clip_seed,
     default_max_events,
     load_plan,
     plan_from_dict,
-    plan_to_dict,
     plan_to_json,
 )
 
@@ -42,7 +41,7 @@ def test_round_trip_keeps_every_field():
         events=(Event(0, "waves", 0.0, 5.0, "calm", 0), Event(1, "wind", 0.0, 7.5, "cold", 1)),
         reasoning="why",
         tone="calm",
-        render=RenderSettings(seed=3, steps=10, guidance=4.5, crossfade_s=0.5, decoder="d", planner="p"),
+        render=RenderOptions(seed=3, steps=10, guidance=4.5, crossfade_s=0.5, decoder="d", planner="p"),
     )
     assert plan_from_dict(json.loads(plan_to_json(plan))) == plan
 
@@ -110,13 +109,6 @@ def test_clip_seeds_differ_per_event_and_per_run():
     assert len(seeds) == 128
     assert clip_seed(5, 3) == clip_seed(5, 3)
     assert all(0 <= s < 2**63 for s in seeds)
-
-
-def test_render_settings_are_saved():
-    plan = plan_from_dict(_plan_dict()).with_render(
-        RenderSettings(seed=9, steps=3, guidance=1.0, crossfade_s=0.25, decoder="dec", planner=None)
-    )
-    assert plan_to_dict(plan)["render"]["seed"] == 9
 
 
 def test_request_needs_enough_events_for_its_longest_event():

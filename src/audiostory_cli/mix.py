@@ -19,7 +19,7 @@ from .errors import AudiostoryError, InputError
 from .story import Clip, Event, Plan, Track
 
 JOIN_TOLERANCE_S = 1e-6  # an event joins its predecessor when it starts within this of its end
-DEFAULT_PEAK_DBFS = -1.0  # peak ceiling of every track: 1 dB below full scale
+from .settings import DEFAULT_PEAK_DBFS  # noqa: E402 - re-exported: the peak ceiling of every track
 
 # --- timeline -----------------------------------------------------------------------------------------
 

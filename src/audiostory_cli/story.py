@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import InputError, PlanError
+from .settings import MAX_SEED, RenderOptions, options_from_dict
 
 SCHEMA_VERSION = 1  # bump when the plan JSON changes shape; older versions are rejected with a message
 MAX_TOTAL_S = 600.0  # 10 minutes: the longest story a plan may describe
@@ -24,9 +25,6 @@ MAX_EVENTS = 64  # most events one plan may hold
 MAX_CAPTION_CHARS = 200  # a caption is one sentence of what is heard
 MAX_PROMPT_CHARS = 2000  # a story prompt is a paragraph, not a document
 MAX_LAYER = 3  # layer 0 is the foreground sequence; 1..3 are beds placed under it
-DEFAULT_COHERENCE = 0.3  # weight of the residual query at fusion (0 = off); see benchmarks/coherence.py
-WINDOWS = ("auto", "full")  # latent window a clip denoises: sized to the clip, or the decoder's full window
-MAX_SEED = 2**63 - 1  # seeds are non-negative 64-bit integers
 _EPS_S = 1e-6  # tolerance for float seconds read back from JSON
 
 
@@ -87,22 +85,6 @@ class Event:
 
 
 @dataclass(frozen=True)
-class RenderSettings:
-    """How a plan was rendered, saved with it so the run can be reproduced."""
-
-    seed: int  # base seed of the run
-    steps: int  # denoising steps per clip
-    guidance: float  # classifier-free guidance scale
-    crossfade_s: float  # overlap between consecutive foreground clips
-    decoder: str  # decoder model reference used
-    planner: str | None = None  # planner model reference used, None for a hand-written plan
-    coherence: float = 0.0  # weight of the residual query (0: caption only, as before the bridge existed)
-    continuation: bool = False  # clip heads generated as continuations of the previous clip's tail
-    bridge: str | None = None  # trained bridge adapter used in place of the text encoder, if any
-    model: str | None = None  # AudioStory checkpoint that planned and conditioned the clips, if any
-
-
-@dataclass(frozen=True)
 class Plan:
     """A story as timed events; what ``--dry-run`` shows and ``render`` consumes."""
 
@@ -111,15 +93,15 @@ class Plan:
     events: tuple[Event, ...]  # in index order
     reasoning: str = ""  # the planner's short explanation of its choices
     tone: str = ""  # overall tone of the story
-    render: RenderSettings | None = None  # filled in once the plan has been rendered
+    render: RenderOptions | None = None  # every setting it was rendered with; filled in once rendered
     schema_version: int = SCHEMA_VERSION  # version of the JSON layout
 
     def foreground(self) -> list[Event]:
         """Layer-0 events in timeline order: the sequence that crossfades into one another."""
         return sorted((e for e in self.events if e.layer == 0), key=lambda e: e.start_s)
 
-    def with_render(self, settings: RenderSettings) -> Plan:
-        return replace(self, render=settings)
+    def with_render(self, options: RenderOptions) -> Plan:
+        return replace(self, render=options)
 
 
 @dataclass(frozen=True)
@@ -211,19 +193,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         ],
     }
     if plan.render is not None:
-        r = plan.render
-        data["render"] = {
-            "seed": r.seed,
-            "steps": r.steps,
-            "guidance": r.guidance,
-            "crossfade_s": r.crossfade_s,
-            "planner": r.planner,
-            "decoder": r.decoder,
-            "coherence": r.coherence,
-            "continuation": r.continuation,
-            "bridge": r.bridge,
-            "model": r.model,
-        }
+        data["render"] = plan.render.to_dict()
     return data
 
 
@@ -274,7 +244,7 @@ def plan_from_dict(data: Any) -> Plan:
         events=events,
         reasoning=_field(data, "reasoning", str, "", default=""),
         tone=_field(data, "tone", str, "", default=""),
-        render=None if render is None else _render_from_dict(render),
+        render=None if render is None else options_from_dict(render),
     )
 
 
@@ -317,49 +287,6 @@ def _check_no_overlap(events: tuple[Event, ...]) -> None:
                     f"events[{after.index}].start_s = {after.start_s:g}: must be >= {before.end_s:g}, "
                     f"where events[{before.index}] on layer {layer} ends (put overlapping sounds on another layer)"
                 )
-
-
-def _render_from_dict(raw: Any) -> RenderSettings:
-    where = "render."
-    if not isinstance(raw, dict):
-        raise PlanError(f"render must be an object, got {type(raw).__name__}")
-    _no_unknown(
-        raw,
-        where,
-        {"seed", "steps", "guidance", "crossfade_s", "planner", "decoder", "coherence", "continuation", "bridge",
-         "model"},  # fmt: skip
-    )
-    seed = _field(raw, "seed", int, where)
-    if not 0 <= seed <= MAX_SEED:
-        raise PlanError(f"{where}seed = {seed}: must be between 0 and {MAX_SEED}")
-    steps = _field(raw, "steps", int, where)
-    if not 1 <= steps <= 1000:
-        raise PlanError(f"{where}steps = {steps}: must be between 1 and 1000")
-    guidance = _field(raw, "guidance", float, where)
-    crossfade_s = _field(raw, "crossfade_s", float, where)
-    if not 0 <= crossfade_s <= 10:
-        raise PlanError(f"{where}crossfade_s = {crossfade_s:g}: must be between 0 and 10")
-    for name in ("planner", "bridge", "model"):
-        if raw.get(name) is not None and not isinstance(raw[name], str):
-            raise PlanError(f"{where}{name} must be a string or null")
-    coherence = _field(raw, "coherence", float, where, default=0.0)
-    if not 0 <= coherence <= 1:
-        raise PlanError(f"{where}coherence = {coherence:g}: must be between 0 and 1")
-    continuation = raw.get("continuation", False)
-    if not isinstance(continuation, bool):
-        raise PlanError(f"{where}continuation = {json.dumps(continuation)}: must be true or false")
-    return RenderSettings(
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        crossfade_s=crossfade_s,
-        decoder=_field(raw, "decoder", str, where, default=""),
-        planner=raw.get("planner"),
-        coherence=coherence,
-        continuation=continuation,
-        bridge=raw.get("bridge"),
-        model=raw.get("model"),
-    )
 
 
 _MISSING = object()

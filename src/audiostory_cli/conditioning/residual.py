@@ -16,25 +16,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 from torch import nn
 
-from .decoder import TextTokens
-from .errors import InputError
-from .story import Event, Plan
+from ..decoders.base import Decoder, TextTokens
+from ..story import Event, Plan
+from .base import TextEncoder
 
 HISTORY_EVENTS = 4  # previous events that enter the residual
 HISTORY_DECAY = 0.5  # weight of an event k steps back: HISTORY_DECAY ** k
 STORY_WEIGHT = 1.0  # weight of the story prompt's tokens in the residual
 TONE_WEIGHT = 1.0  # weight of the tone's tokens in the residual
-
-
-class TextEncoder(Protocol):
-    """What turns text into tokens: the decoder's T5 (``Decoder``) or a trained bridge (``--bridge``)."""
-
-    def encode_text(self, text: str) -> TextTokens: ...
 
 
 @dataclass(frozen=True)
@@ -78,11 +70,6 @@ class Fusion(nn.Module):
         return (semantic + coherence * attended) / (1 + coherence)
 
 
-def check_coherence(coherence: float) -> None:
-    if not (isinstance(coherence, (int, float)) and 0 <= coherence <= 1):
-        raise InputError(f"coherence = {coherence}: must be between 0 and 1")
-
-
 def condition(plan: Plan, semantic_encoder: TextEncoder, residual_encoder: TextEncoder) -> list[Conditioning]:
     """Per event: semantic tokens of its caption, residual tokens of what persists (in ``plan.events`` order)."""
     story = _weighted(residual_encoder.encode_text(plan.prompt), STORY_WEIGHT) if plan.prompt.strip() else None
@@ -108,7 +95,6 @@ def condition(plan: Plan, semantic_encoder: TextEncoder, residual_encoder: TextE
 
 def fuse(conditioning: Conditioning, fusion: Fusion, coherence: float) -> TextTokens:
     """The tokens that fill the decoder's text slot; at ``coherence`` 0 exactly the semantic tokens."""
-    check_coherence(coherence)
     if coherence == 0:
         return conditioning.semantic
     residual = conditioning.residual.to(conditioning.semantic.states)
@@ -133,3 +119,21 @@ def _concat(parts, *, semantic_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(0, semantic_dim), torch.zeros(0)
     states = torch.cat([p[0] for p in parts])
     return states, torch.cat([p[1].to(states.device) for p in parts])
+
+
+class ResidualConditioner:
+    """The training-free bridge: each caption's tokens (from the decoder's text encoder, or a trained bridge's
+    ``semantic_encoder``) fused with the residual of what persists, weighted by ``coherence``."""
+
+    def __init__(self, coherence: float, semantic_encoder: TextEncoder | None = None) -> None:
+        self.coherence = coherence  # weight of the residual (RenderOptions checked its range)
+        self.semantic_encoder = semantic_encoder  # a trained bridge, or None for the decoder's own encoder
+
+    def condition(self, plan: Plan, decoder: Decoder) -> dict[int, TextTokens | None]:
+        """At coherence 0 with no trained bridge, None for every event: the decoder encodes the caption
+        itself, exactly as without a bridge."""
+        if self.coherence == 0 and self.semantic_encoder is None:
+            return {e.index: None for e in plan.events}
+        conditionings = condition(plan, self.semantic_encoder or decoder, decoder)
+        fusion = Fusion(decoder.caps.text_width)
+        return {c.event.index: fuse(c, fusion, self.coherence) for c in conditionings}

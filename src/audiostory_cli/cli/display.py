@@ -1,0 +1,113 @@
+"""What the CLI shows: errors as one line, progress bars, the plan table, results and batch summaries.
+
+stdout carries results (paths, or JSON with ``--json``); stderr carries progress, tables and errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from ..errors import AudiostoryError
+from ..story import Plan, Progress
+
+stderr = Console(stderr=True, highlight=False)
+DEBUG_ENV = "AUDIOSTORY_DEBUG"
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """The one place errors become messages: one red line on stderr, exit 1."""
+    try:
+        yield
+    except AudiostoryError as err:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        stderr.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        stderr.print(f"[dim](set {DEBUG_ENV}=1 for the full traceback)[/]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]: no half-written file was left")
+        raise typer.Exit(130) from None
+
+
+class ProgressView:
+    """Draws ``story.Progress`` reports as rich bars on stderr: planning, clips, denoising steps."""
+
+    _LABELS = {"load": "loading", "plan": "planning", "render": "clips", "step": "denoising", "mix": "mixing",
+               "write": "writing"}  # fmt: skip
+
+    def __init__(self) -> None:
+        self.bars = RichProgress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=stderr, transient=True,
+        )  # fmt: skip
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> ProgressView:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.stop()
+
+    def __call__(self, report: Progress) -> None:
+        label = self._LABELS.get(report.stage, report.stage)
+        description = f"{label}: {report.message}" if report.message else label
+        total = report.total or None
+        if report.stage not in self.tasks:
+            self.tasks[report.stage] = self.bars.add_task(description, total=total)
+        self.bars.update(self.tasks[report.stage], completed=report.done, total=total, description=description)
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(title=f"plan: {len(plan.events)} events, {plan.total_s:g} s", title_justify="left")
+    for column, justify in (("#", "right"), ("start", "right"), ("duration", "right"), ("caption", "left"),
+                            ("tone", "left"), ("layer", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)
+    for e in plan.events:
+        table.add_row(str(e.index), f"{e.start_s:.2f}", f"{e.duration_s:.2f}", e.caption, e.tone, str(e.layer))
+    return table
+
+
+def show_plan(plan: Plan) -> None:
+    stderr.print(plan_table(plan))
+    if plan.tone:
+        stderr.print(f"tone: {plan.tone}")
+    if plan.reasoning:
+        stderr.print(f"reasoning: {plan.reasoning}", soft_wrap=True)
+    stderr.print(f"total: {plan.total_s:g} s")
+
+
+def print_result(result, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"audio": str(result.audio_path), "plan": str(result.plan_path),
+                               "duration_s": result.duration_s, "sample_rate": result.sample_rate}))  # fmt: skip
+    else:
+        typer.echo(str(result.audio_path))
+    stderr.print(f"wrote {result.audio_path} ({result.duration_s:.2f} s) and {result.plan_path}")
+
+
+def show_summary(outcomes, as_json: bool) -> None:
+    table = Table(title="batch summary", title_justify="left")
+    for column in ("line", "prompt", "status", "output or error", "seconds"):
+        table.add_column(column)
+    for o in outcomes:
+        status = "[green]ok[/]" if o.result else "[red]failed[/]"
+        where = str(o.result.audio_path) if o.result else o.error
+        table.add_row(str(o.item.line), o.item.prompt[:40], status, where, f"{o.seconds:.1f}")
+    stderr.print(table)
+    for o in outcomes:
+        if as_json:
+            typer.echo(json.dumps({"line": o.item.line, "prompt": o.item.prompt,
+                                   "audio": str(o.result.audio_path) if o.result else None, "error": o.error}))
+        elif o.result:
+            typer.echo(str(o.result.audio_path))

@@ -1,0 +1,84 @@
+"""Loading the TangoFlux layout: the T5 text encoder, the DiT's weights (``tangoflux.safetensors``, strict)
+and the Oobleck VAE (``vae.safetensors``, its config read off the tensor shapes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...checkpoints import ModelKind, resolve
+from ...errors import ModelLoadError
+from ..weights import read_safetensors, strict_load
+from .config import SAMPLE_RATE, TangoFluxConfig
+from .modules import TangoFluxDiT
+
+TEXT_ENCODER_KIND = ModelKind(
+    role="text encoder", required=("config.json",), layout="a T5 encoder folder with config.json and its tokenizer"
+)
+
+
+def load_text_encoder(folder: Path, config: TangoFluxConfig, device, dtype):
+    """The T5 encoder and its tokenizer: ``folder/text_encoder`` if present, else ``config.text_encoder_name``."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    local = folder / "text_encoder"
+    path = local if local.is_dir() else resolve(config.text_encoder_name, TEXT_ENCODER_KIND)
+    # T5 overflows in fp16; bf16 and fp32 are safe.
+    t5_dtype = torch.float32 if dtype == torch.float16 else dtype
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = T5EncoderModel.from_pretrained(path, dtype=t5_dtype)
+    except Exception as err:  # noqa: BLE001 - any loader failure is one clear message
+        raise ModelLoadError(f"cannot load the T5 text encoder from {path}: {err}") from None
+    return encoder.to(device).eval(), tokenizer
+
+
+def load_dit_weights(dit: TangoFluxDiT, text_encoder: nn.Module, path: Path) -> None:
+    """Strict load: every DiT key must be there and nothing unknown; ``text_encoder.*`` keys load into T5."""
+    state = read_safetensors(path)
+    t5_state = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    dit_state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
+    strict_load(dit, dit_state, path)
+    if t5_state:
+        # T5 ties ``shared`` and ``encoder.embed_tokens``: a file may hold either name of that one weight.
+        tied = {"shared.weight", "encoder.embed_tokens.weight"}
+        missing, unexpected = text_encoder.load_state_dict(t5_state, strict=False)
+        missing = [k for k in missing if not (k in tied and tied & set(t5_state))]
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"{path}: text_encoder keys do not match the T5 encoder: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+
+
+def load_vae(path: Path):
+    """The Oobleck VAE from a safetensors file, its sizes read off the weights, loaded strictly (fp32, CPU)."""
+    from diffusers import AutoencoderOobleck
+    state = read_safetensors(path)
+    vae = AutoencoderOobleck(**_oobleck_config(state, path))
+    strict_load(vae, state, path)
+    return vae
+
+
+def _oobleck_config(state: dict[str, torch.Tensor], path: Path) -> dict:
+    """Read the Oobleck VAE's sizes off its weights (the TangoFlux layout ships no VAE config)."""
+    try:
+        first = state["encoder.conv1.weight_v"]  # [hidden, audio_channels, 7]
+        hidden = first.shape[0]
+        blocks = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.block.")})
+        outs = [state[f"encoder.block.{i}.conv1.weight_v"] for i in blocks]  # [out, in, 2 * stride]
+        multiples = [w.shape[0] // hidden for w in outs]
+        decoder_in = state["decoder.conv1.weight_v"]  # [decoder_channels * multiples[-1], latent, 7]
+    except KeyError as err:
+        raise ModelLoadError(f"{path}: not an Oobleck VAE, missing key {err}") from None
+    return dict(
+        encoder_hidden_size=hidden,
+        downsampling_ratios=[w.shape[2] // 2 for w in outs],
+        channel_multiples=multiples,
+        decoder_channels=decoder_in.shape[0] // multiples[-1],
+        decoder_input_channels=decoder_in.shape[1],
+        audio_channels=first.shape[1],
+        sampling_rate=SAMPLE_RATE,
+    )

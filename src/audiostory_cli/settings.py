@@ -1,0 +1,116 @@
+"""``RenderOptions``: every setting that changes the audio, checked once here, saved whole as ``plan["render"]``.
+
+The command line, a saved plan and the pipeline all build this one dataclass, so a range is written in one
+place and ``render story.plan.json`` gets back exactly what ``generate`` used. ``steps`` and ``guidance``
+may be None ("the decoder's own"); ``resolved`` fills them from the decoder before a render, and the plan
+saves the values used. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import InputError, PlanError
+
+DEFAULT_COHERENCE = 0.3  # weight of the residual query at fusion (0 = off); see benchmarks/coherence.py
+DEFAULT_CROSSFADE_S = 1.0  # overlap between consecutive foreground clips
+DEFAULT_PEAK_DBFS = -1.0  # peak ceiling of every track: 1 dB below full scale
+WINDOWS = ("auto", "full")  # latent window a clip denoises: sized to the clip, or the decoder's full window
+MAX_SEED = 2**63 - 1  # seeds are non-negative 64-bit integers
+MAX_STEPS = 1000  # denoising steps per clip
+MAX_GUIDANCE = 50.0  # classifier-free guidance scale
+MAX_CROSSFADE_S = 10.0  # seconds two consecutive clips may overlap
+LOUDNESS_RANGE_LUFS = (-70.0, 0.0)  # integrated loudness targets
+PEAK_RANGE_DBFS = (-60.0, 0.0)  # peak ceilings
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a plan is rendered and mixed; everything here changes the samples, so all of it is saved."""
+
+    seed: int = 0  # base seed; clip i draws its noise from story.clip_seed(seed, i)
+    steps: int | None = None  # denoising steps per clip; None: the decoder's own (TangoFlux 50, SA3 8)
+    guidance: float | None = None  # classifier-free guidance scale, <= 1 turns it off; None: the decoder's own
+    crossfade_s: float = DEFAULT_CROSSFADE_S  # overlap between consecutive foreground clips, seconds
+    coherence: float = DEFAULT_COHERENCE  # weight of the residual query at fusion; 0: the caption alone
+    continuation: bool = True  # each clip's head generated as the continuation of the previous clip's tail
+    window: str = "auto"  # "auto": denoise only the frames a clip needs; "full": the model's whole window
+    loudness_lufs: float | None = None  # normalise integrated loudness to this target (BS.1770); None: off
+    peak_dbfs: float = DEFAULT_PEAK_DBFS  # peak ceiling of the output
+    decoder: str | None = None  # decoder reference; None: the default (or the AudioStory model's own)
+    planner: str | None = None  # planner reference that wrote the plan; None for a hand-written plan
+    bridge: str | None = None  # trained bridge adapter used in place of the text encoder, if any
+    model: str | None = None  # AudioStory checkpoint that planned, conditioned and rendered, if any
+
+    def __post_init__(self) -> None:
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        if self.steps is not None:
+            _check_int("steps", self.steps, 1, MAX_STEPS)
+        if self.guidance is not None:
+            _check_range("guidance", self.guidance, 0.0, MAX_GUIDANCE, "(1 or less turns guidance off)")
+        _check_range("crossfade", self.crossfade_s, 0.0, MAX_CROSSFADE_S, "seconds")
+        _check_range("coherence", self.coherence, 0.0, 1.0)
+        if not isinstance(self.continuation, bool):
+            raise InputError(f"continuation = {self.continuation!r}: must be true or false")
+        if self.window not in WINDOWS:
+            raise InputError(f"window = {self.window!r}: must be one of {', '.join(WINDOWS)}")
+        if self.loudness_lufs is not None:
+            _check_range("loudness", self.loudness_lufs, *LOUDNESS_RANGE_LUFS, "LUFS")
+        _check_range("peak", self.peak_dbfs, *PEAK_RANGE_DBFS, "dBFS")
+        for name in ("decoder", "planner", "bridge", "model"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise InputError(f"{name} = {value!r}: must be a model reference (a path or a hub id)")
+
+    def resolved(self, default_steps: int, default_guidance: float) -> RenderOptions:
+        """These options with ``steps``/``guidance`` left to the decoder filled in with its own values."""
+        return replace(
+            self,
+            steps=default_steps if self.steps is None else self.steps,
+            guidance=default_guidance if self.guidance is None else self.guidance,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``render`` object of a plan file."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_FIELDS = {f.name for f in fields(RenderOptions)}
+# What a plan written before a setting existed was rendered with: the behaviour of that time.
+_LEGACY = {"coherence": 0.0, "continuation": False, "window": "auto", "loudness_lufs": None, "peak_dbfs": -1.0}
+
+
+def options_from_dict(raw: Any, where: str = "render.") -> RenderOptions:
+    """Read a plan's ``render`` object back whole; a bad value is a ``PlanError`` naming the field."""
+    if not isinstance(raw, dict):
+        raise PlanError(f"render must be an object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise PlanError(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(sorted(_FIELDS))})")
+    values = {**_LEGACY, **{k: v for k, v in raw.items() if v is not None or k not in _LEGACY}}
+    if values.get("decoder") == "":  # plans of the first version saved "" for "no decoder recorded"
+        values["decoder"] = None
+    for name in ("seed", "steps"):
+        if values.get(name) is not None and (isinstance(values[name], bool) or not isinstance(values[name], int)):
+            raise PlanError(f"{where}{name} = {json.dumps(values[name])}: must be an integer")
+    if "seed" not in values:
+        raise PlanError(f"{where}seed is missing")
+    try:
+        return RenderOptions(**values)
+    except InputError as err:
+        raise PlanError(f"{where}{err}") from None
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{name} = {value!r}: must be an integer between {low} and {high}")
+
+
+def _check_range(name: str, value: Any, low: float, high: float, unit: str = "") -> None:
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or not low <= value <= high:
+        shown = f"{value:g}" if finite else repr(value)
+        raise InputError(f"{name} = {shown}: must be between {low:g} and {high:g}{' ' + unit if unit else ''}")

@@ -1,0 +1,47 @@
+"""Builds tiny random checkpoints in the real on-disk layouts, for tests and demos.
+
+``python -m audiostory_cli.testing DIR`` writes one tiny checkpoint per backend under ``DIR`` (see ``main``).
+Every checkpoint loads through the same loaders as real weights, runs in seconds on a CPU and needs no
+network: tokenizers are trained here with the ``tokenizers`` package, weights come from a local
+``torch.Generator`` (the global RNG is left untouched), so the same seed writes the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .audiostory import AUDIOSTORY_LLM_PREFIX, TinyAudioStoryConfig, audiostory_added_tokens, build_tiny_audiostory
+from .planner import TinyPlannerConfig, build_tiny_planner
+from .tangoflux import build_tiny_decoder
+
+__all__ = [
+    "AUDIOSTORY_LLM_PREFIX",
+    "TinyAudioStoryConfig",
+    "TinyPlannerConfig",
+    "audiostory_added_tokens",
+    "build_tiny_audiostory",
+    "build_tiny_decoder",
+    "build_tiny_planner",
+    "main",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m audiostory_cli.testing DIR``: write the tiny checkpoints under DIR, print their paths."""
+    parser = argparse.ArgumentParser(prog="python -m audiostory_cli.testing", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="folder to write the tiny checkpoints into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument(
+        "--size", choices=("tiny", "real"), default="tiny", help="decoder size: tiny, or TangoFlux's real size"
+    )
+    args = parser.parse_args(argv)
+    builders = {
+        "planner": build_tiny_planner,
+        "decoder": lambda path, seed: build_tiny_decoder(path, seed=seed, size=args.size),
+        "audiostory": build_tiny_audiostory,
+    }
+    for name, build in builders.items():
+        print(build(args.dir / name, seed=args.seed))
+
+
