@@ -439,3 +439,59 @@ def test_trained_bridge_generates_and_renders_again(run, models, tiny_planner, t
     flags = ("--decoder", tiny_decoder, "--seed", "0", *FAST)
     assert run("generate", PROMPT, "-o", without, "--duration", "2.5", "--planner", tiny_planner, *flags).exit_code == 0
     assert not np.allclose(_audio(without)[0], _audio(out)[0])
+
+
+# --- settings saved whole, capabilities checked up front ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--loudness", "-16", "--window", "full", "--crossfade", "0.5", "--coherence", "0.2"),
+        ("--seed", "7", "--guidance", "2.0", "--no-continuation", "--coherence", "0", "--crossfade", "0.25"),
+    ],
+    ids=["loudness-window-crossfade-coherence", "seed-guidance-no-continuation"],
+)
+def test_render_of_the_saved_plan_reproduces_generate_for_every_setting(run, models, tmp_path, flags):
+    out = tmp_path / "story.wav"
+    result = run("generate", PROMPT, "-o", out, "--duration", "5", *flags, *models, *FAST)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "story.plan.json").read_text())["render"]
+    given = dict(zip(flags[::2], flags[1::2])) if "--no-continuation" not in flags else {}
+    for flag, field in (("--loudness", "loudness_lufs"), ("--crossfade", "crossfade_s"), ("--coherence", "coherence")):
+        if flag in given:
+            assert saved[field] == float(given[flag])
+    assert saved["steps"] == 2 and saved["guidance"] == (2.0 if "--guidance" in flags else 4.5)  # used, not None
+    again = tmp_path / "again.wav"
+    assert run("render", tmp_path / "story.plan.json", "-o", again, "--device", "cpu").exit_code == 0
+    assert np.array_equal(_audio(again)[0], _audio(out)[0])
+    assert json.loads((tmp_path / "again.plan.json").read_text())["render"] == saved
+
+
+def test_a_command_line_value_wins_over_the_saved_one(run, tiny_decoder, short_plan, tmp_path):
+    first = tmp_path / "first.wav"
+    assert run("render", short_plan, "-o", first, "--decoder", tiny_decoder, "--loudness", "-20", *FAST).exit_code == 0
+    second = tmp_path / "second.wav"
+    assert run("render", tmp_path / "first.plan.json", "-o", second, "--loudness", "-30", *FAST).exit_code == 0
+    assert json.loads((tmp_path / "second.plan.json").read_text())["render"]["loudness_lufs"] == -30
+
+
+def test_a_bridge_for_another_text_width_is_refused_before_any_model_loads(run, models, tmp_path, monkeypatch):
+    from audiostory_cli import registry
+    from audiostory_cli.conditioning.trained_bridge import BridgeAdapter, BridgeConfig
+
+    bridge = tmp_path / "bridge"
+    BridgeAdapter(BridgeConfig(llm_hidden=16, text_dim=999, planner="p", decoder="d")).save(bridge)
+    loaded = []
+    monkeypatch.setattr(registry, "load_decoder", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(registry, "load_planner", lambda *a, **k: loaded.append(a))
+    result = run("generate", PROMPT, "-o", tmp_path / "x.wav", "--bridge", bridge, *models, *FAST)
+    assert result.exit_code == 1 and loaded == []
+    assert "the bridge produces text features of width 999, but TangoFlux takes 32" in " ".join(result.stderr.split())
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_out_of_range_settings_are_usage_errors_naming_the_option(run, models, tmp_path):
+    result = run("generate", PROMPT, "-o", tmp_path / "x.wav", "--guidance", "51", *models, *FAST)
+    assert result.exit_code == 2
+    assert "'--guidance'" in result.stderr and "must be between 0 and 50" in result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkpoints import ModelKind, resolve
-from .errors import ModelLoadError, ModelNotFoundError
+from .errors import InputError, ModelLoadError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +67,16 @@ def load_decoder(ref: str, *, device: torch.device, dtype: torch.dtype) -> Decod
     """Load the decoder ``ref`` names, through the backend its files say."""
     backend, folder = find_decoder(ref)
     return backend.load(ref, folder, device=device, dtype=dtype)
+
+
+def convert_decoder(ref: str, out_dir: Path) -> Path:
+    """Write the decoder ``ref`` names in the layout it loads from fastest (``audiostory convert``): Stability's
+    own SA3 release -> the diffusers layout, converted strictly once instead of at every load."""
+    backend, folder = find_decoder(ref)
+    convert = getattr(backend, "convert", None)
+    if convert is None:
+        raise InputError(f"decoder '{ref}' ({backend.NAME}) loads as it is: there is nothing to convert")
+    return convert(folder, Path(out_dir))
 
 
 def load_planner(ref: str, *, device: torch.device, dtype: torch.dtype):

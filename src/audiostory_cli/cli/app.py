@@ -64,8 +64,11 @@ class Models(NamedTuple):
 def _hardware(device: str, dtype: str):
     from ..devices import resolve_device, resolve_dtype
 
-    torch_device = resolve_device(device)
-    return torch_device, resolve_dtype(dtype, torch_device)
+    def notify(message: str) -> None:
+        stderr.print(f"audiostory: {message}", soft_wrap=True)
+
+    torch_device = resolve_device(device, notify=notify)
+    return torch_device, resolve_dtype(dtype, torch_device, notify=notify)
 
 
 def _load_planner(ref: str, device, dtype):
@@ -369,6 +372,25 @@ def train_bridge_command(
         stderr.print(f"trained {result.steps_done} steps on {len(texts)} captions: loss {result.losses[0]:.4f} -> "
                      f"{result.losses[-1]:.4f}, {result.seconds_per_step:.2f} s/step; wrote {result.out_dir}",
                      soft_wrap=True)  # fmt: skip
+
+
+@app.command()
+def convert(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="A decoder in a layout that converts: Stability's own "
+                   "Stable Audio 3 release (model_config.json, model.safetensors, t5gemma-b-b-ul2/), a folder or a "
+                   "hub id.")],
+    outdir: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the diffusers layout into (must "
+                      "not exist or be empty).")],
+) -> None:
+    """Convert a decoder once into the diffusers layout (every key mapped, none left over, shapes checked), so
+    later loads skip the conversion. The converted folder renders the same samples as the original."""
+    from ..registry import convert_decoder
+
+    with errors():
+        with stderr.status(f"converting {ref}"):
+            written = convert_decoder(ref, outdir)
+        typer.echo(str(written))
+        stderr.print(f"wrote {written}; use it with --decoder {written}", soft_wrap=True)
 
 
 def _version(value: bool) -> None:
