@@ -17,7 +17,8 @@ from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from ..devices import DEVICE_CHOICES, DTYPE_CHOICES
 from ..errors import InputError
 from ..settings import DEFAULT_COHERENCE, DEFAULT_CROSSFADE_S, WINDOWS, RenderOptions
-from ..story import MAX_TOTAL_S
+from ..story import check_prompt as story_check_prompt
+from ..story import check_total_s
 
 # RenderOptions field (as its messages name it) -> the option that sets it
 FLAGS = {"seed": "--seed", "steps": "--steps", "guidance": "--guidance", "crossfade": "--crossfade",
@@ -35,14 +36,21 @@ def check_output(value: Optional[Path]) -> Optional[Path]:
 
 
 def check_duration(value: Optional[float]) -> Optional[float]:
-    if value is not None and not 0 < value <= MAX_TOTAL_S:
-        raise typer.BadParameter(f"{value:g} is out of range: must be > 0 and <= {MAX_TOTAL_S:g} seconds")
+    """``--duration``, checked by the story's own rule (``story.check_total_s``), as a usage error."""
+    if value is not None:
+        try:
+            check_total_s(value)
+        except InputError as err:
+            raise typer.BadParameter(str(err)) from None
     return value
 
 
 def check_prompt(value: str) -> str:
-    if not value.strip():
-        raise typer.BadParameter("the prompt is empty: describe the story in a sentence or two")
+    """The prompt, checked by the story's own rule (``story.check_prompt``), as a usage error."""
+    try:
+        story_check_prompt(value)
+    except InputError as err:
+        raise typer.BadParameter(str(err)) from None
     return value
 
 
