@@ -55,6 +55,40 @@ def tiny_decoder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sa3_folders(tmp_path_factory):
+    """Tiny Stable Audio 3 checkpoints: the diffusers layout and Stability's own holding the same weights
+    (Medium architecture, SAME-L), and a Small one (SAME-S) in Stability's layout."""
+    from audiostory_cli.testing.stable_audio_3 import (
+        build_tiny_stable_audio_3,
+        build_tiny_stable_audio_3_original,
+        build_tiny_stable_audio_3_small,
+    )
+
+    root = tmp_path_factory.mktemp("sa3")
+    with one_thread():
+        return {
+            "diffusers": build_tiny_stable_audio_3(root / "stable-audio-3"),
+            "original": build_tiny_stable_audio_3_original(root / "stable-audio-3-original"),
+            "small": build_tiny_stable_audio_3_small(root / "stable-audio-3-small"),
+        }
+
+
+@pytest.fixture(scope="session")
+def tiny_sa3(tiny_sa3_folders):
+    return tiny_sa3_folders["diffusers"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sa3_original(tiny_sa3_folders):
+    return tiny_sa3_folders["original"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sa3_small(tiny_sa3_folders):
+    return tiny_sa3_folders["small"]
+
+
+@pytest.fixture(scope="session")
 def tiny_audiostory_model(tmp_path_factory):
     """A tiny checkpoint in the released AudioStory layout (its folder)."""
     with one_thread():

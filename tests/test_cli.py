@@ -495,3 +495,58 @@ def test_out_of_range_settings_are_usage_errors_naming_the_option(run, models, t
     result = run("generate", PROMPT, "-o", tmp_path / "x.wav", "--guidance", "51", *models, *FAST)
     assert result.exit_code == 2
     assert "'--guidance'" in result.stderr and "must be between 0 and 50" in result.stderr
+
+
+# --- Stable Audio 3 through the command line -------------------------------------------------------------------
+
+
+def test_stable_audio_3_layouts_render_the_same_samples_at_its_own_steps(run, tiny_sa3, tiny_sa3_original, tmp_path):
+    outputs = {}
+    for name, folder in (("diffusers", tiny_sa3), ("original", tiny_sa3_original)):
+        out = tmp_path / f"{name}.wav"
+        result = run("render", "examples/plan.json", "-o", out, "--decoder", folder, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        outputs[name] = _audio(out)
+        saved = json.loads((tmp_path / f"{name}.plan.json").read_text())["render"]
+        assert (saved["steps"], saved["guidance"]) == (8, 1.0)  # the decoder's own, recorded
+    wave, sample_rate = outputs["diffusers"]
+    assert sample_rate == 44100 and wave.shape == (2, 24 * 44100)
+    assert np.array_equal(outputs["original"][0], wave)
+    again = tmp_path / "again.wav"
+    assert run("render", tmp_path / "original.plan.json", "-o", again, "--device", "cpu").exit_code == 0
+    assert np.array_equal(_audio(again)[0], wave)
+
+
+def test_full_window_on_stable_audio_3_is_refused_before_any_model_loads(run, tiny_sa3, tmp_path, monkeypatch):
+    from audiostory_cli import registry
+
+    monkeypatch.setattr(registry, "load_decoder", lambda *a, **k: pytest.fail("a model was loaded"))
+    result = run("render", "examples/plan.json", "-o", tmp_path / "x.wav", "--decoder", tiny_sa3, "--window", "full",
+                 *FAST)  # fmt: skip
+    assert result.exit_code == 1
+    assert "--window full does not apply to Stable Audio 3" in " ".join(result.stderr.split())
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_a_renamed_key_in_stabilitys_layout_fails_naming_it_and_writes_nothing(run, tiny_sa3_original, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "sa3"
+    shutil.copytree(tiny_sa3_original, broken)
+    state = load_file(str(broken / "model.safetensors"))
+    key = "model.model.transformer.layers.0.self_attn.to_out.weight"
+    state[key + "_renamed"] = state.pop(key)
+    save_file(state, str(broken / "model.safetensors"))
+    result = run("render", "examples/plan.json", "-o", tmp_path / "x.wav", "--decoder", broken, *FAST)
+    assert result.exit_code == 1
+    assert key in result.stderr and f"{key}_renamed" in " ".join(result.stderr.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sa3"]
+
+
+def test_convert_writes_the_diffusers_layout_once(run, tiny_sa3_original, tmp_path):
+    out = tmp_path / "converted"
+    result = run("convert", tiny_sa3_original, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out) and (out / "model_index.json").is_file()
+    again = run("convert", tiny_sa3_original, "-o", out)
+    assert again.exit_code == 1 and "converted" in again.stderr

@@ -63,9 +63,25 @@ def _break_audiostory(folder: Path) -> str:
     return "tangoflux.fc.0.weight"
 
 
+def _break_sa3_original(folder: Path) -> str:
+    return _rename_in_safetensors(folder / "model.safetensors", "model.model.transformer.layers.1.cross_attn.to_kv.weight")
+
+
+def _break_sa3_diffusers(folder: Path) -> str:
+    from safetensors import safe_open
+
+    path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    with safe_open(str(path), "pt") as file:
+        key = sorted(file.keys())[0]
+    return _rename_in_safetensors(path, key)
+
+
 BACKENDS = [
     Backend("tangoflux", "tiny_decoder", _load_registered, _break_tangoflux),
     Backend("audiostory", "tiny_audiostory_model", _load_audiostory, _break_audiostory),
+    Backend("stable-audio-3", "tiny_sa3", _load_registered, _break_sa3_diffusers),
+    Backend("stable-audio-3-original", "tiny_sa3_original", _load_registered, _break_sa3_original),
+    Backend("stable-audio-3-small", "tiny_sa3_small", _load_registered, _break_sa3_original),
 ]
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # describe and load.
 DECODER_BACKENDS = (
     "audiostory_cli.decoders.tangoflux",
+    "audiostory_cli.decoders.stable_audio_3",
 )
 
 

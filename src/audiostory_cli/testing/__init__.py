@@ -13,6 +13,11 @@ from pathlib import Path
 
 from .audiostory import AUDIOSTORY_LLM_PREFIX, TinyAudioStoryConfig, audiostory_added_tokens, build_tiny_audiostory
 from .planner import TinyPlannerConfig, build_tiny_planner
+from .stable_audio_3 import (
+    build_tiny_stable_audio_3,
+    build_tiny_stable_audio_3_original,
+    build_tiny_stable_audio_3_small,
+)
 from .tangoflux import build_tiny_decoder
 
 __all__ = [
@@ -23,6 +28,9 @@ __all__ = [
     "build_tiny_audiostory",
     "build_tiny_decoder",
     "build_tiny_planner",
+    "build_tiny_stable_audio_3",
+    "build_tiny_stable_audio_3_original",
+    "build_tiny_stable_audio_3_small",
     "main",
 ]
 
@@ -33,13 +41,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dir", type=Path, help="folder to write the tiny checkpoints into")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument(
-        "--size", choices=("tiny", "real"), default="tiny", help="decoder size: tiny, or TangoFlux's real size"
+        "--size", choices=("tiny", "real"), default="tiny",
+        help="decoder sizes: tiny, or the real TangoFlux and Stable Audio 3 Small sizes (random weights)",
     )
     args = parser.parse_args(argv)
     builders = {
         "planner": build_tiny_planner,
         "decoder": lambda path, seed: build_tiny_decoder(path, seed=seed, size=args.size),
         "audiostory": build_tiny_audiostory,
+        "stable-audio-3": build_tiny_stable_audio_3,  # diffusers layout
+        "stable-audio-3-original": build_tiny_stable_audio_3_original,  # Stability's, the same weights
+        "stable-audio-3-small": lambda path, seed: build_tiny_stable_audio_3_small(path, seed=seed, size=args.size),
     }
     for name, build in builders.items():
         print(build(args.dir / name, seed=args.seed))
