@@ -29,7 +29,7 @@ from audiostory_cli.errors import (
     ModelNotFoundError,
     PlanError,
 )
-from audiostory_cli.planner import Planner
+from audiostory_cli.planners.transformers import TransformersPlanner as Planner
 from audiostory_cli.registry import load_decoder
 from audiostory_cli.testing import TinyPlannerConfig, build_tiny_planner
 from audiostory_cli.training.bridge import alignment_loss, read_captions, train_bridge

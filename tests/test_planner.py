@@ -1,4 +1,5 @@
-"""Planner: story prompt -> validated Plan, through the real loader, with a tiny random Qwen2 checkpoint."""
+"""The JSON-plan core (planners.base) and the transformers engine: story prompt -> validated Plan, through the
+real loader, with a tiny random Qwen2 checkpoint. Every engine's contract: test_planner_engines.py."""
 
 from __future__ import annotations
 
@@ -7,23 +8,33 @@ import math
 import shutil
 import time
 
+import llguidance
 import pytest
 import torch
-import xgrammar as xgr
 
-from audiostory_cli import planner as planner_module
 from audiostory_cli.errors import ModelLoadError, ModelNotFoundError, PlanError
-from audiostory_cli.planner import (
+from audiostory_cli.planners import base as planner_module
+from audiostory_cli.planners import load_planner
+from audiostory_cli.planners.base import (
     LIMITS,
-    Planner,
     fit_durations,
+    has_ambience,
     max_answer_tokens,
     plan_from_answer,
     plan_prompt_messages,
     plan_schema,
     timeline,
 )
-from audiostory_cli.story import Plan, StoryRequest, plan_from_dict, plan_to_dict
+from audiostory_cli.planners.grammar import json_grammar
+from audiostory_cli.planners.transformers import TransformersEngine
+from audiostory_cli.planners.transformers import TransformersPlanner as Planner
+from audiostory_cli.story import (
+    Plan,
+    Progress,
+    StoryRequest,
+    plan_from_dict,
+    plan_to_dict,
+)
 from audiostory_cli.testing import build_tiny_planner
 
 CPU = torch.device("cpu")
@@ -37,20 +48,27 @@ def planner(tiny_planner) -> Planner:
 
 
 def assert_fills_total(plan: Plan, request: StoryRequest) -> None:
-    """What a user checks in a plan: valid, back to back, ending exactly at the requested length."""
+    """What a user checks in a plan: valid, foreground events back to back and ending exactly at the requested
+    length, the ambience bed (layer 1) inside the story, each clip no longer than the decoder renders."""
     assert plan_from_dict(plan_to_dict(plan)) == plan
     assert plan.prompt == request.prompt and plan.total_s == request.total_s
-    assert 1 <= len(plan.events) <= request.max_events
+    foreground = plan.foreground()
+    assert 1 <= len(foreground) <= request.max_events
     assert [e.index for e in plan.events] == list(range(len(plan.events)))
-    assert all(e.layer == 0 for e in plan.events)
+    assert foreground == [e for e in plan.events if e.layer == 0]  # the foreground comes first, in story order
     assert all(e.caption == e.caption.strip() and len(e.caption) >= 3 for e in plan.events)
-    floor = min(LIMITS.min_event_s, request.total_s / len(plan.events))
-    assert all(e.duration_s >= floor - 1e-3 for e in plan.events)
-    assert plan.events[0].start_s == 0.0
-    for before, after in zip(plan.events, plan.events[1:]):
+    floor = min(LIMITS.min_event_s, request.total_s / len(foreground))
+    assert all(e.duration_s >= floor - 1e-3 for e in foreground)
+    assert foreground[0].start_s == 0.0
+    for before, after in zip(foreground, foreground[1:]):
         assert after.start_s == pytest.approx(before.end_s, abs=1e-9)
-    assert plan.events[-1].start_s + plan.events[-1].duration_s == request.total_s
-    assert math.fsum(e.duration_s for e in plan.events) == pytest.approx(request.total_s, abs=1e-9)
+    assert foreground[-1].start_s + foreground[-1].duration_s == request.total_s
+    assert math.fsum(e.duration_s for e in foreground) == pytest.approx(request.total_s, abs=1e-9)
+    beds = [e for e in plan.events if e.layer > 0]
+    assert {e.layer for e in beds} <= ({1} if has_ambience(request) else set())
+    assert all(e.end_s <= request.total_s + 1e-9 for e in beds)
+    if request.max_event_s is not None:
+        assert all(e.duration_s <= request.max_event_s + 1e-3 for e in plan.events)
 
 
 @pytest.mark.parametrize(
@@ -83,31 +101,35 @@ def test_progress_reports_tokens_against_the_budget(planner):
     budget = max_answer_tokens(request)
     assert {r.stage for r in reports} == {"plan"} and {r.total for r in reports} == {budget}
     assert [r.done for r in reports] == sorted(r.done for r in reports)
-    assert all(r.done % LIMITS.progress_every == 0 for r in reports[:-1])
+    steps = [b.done - a.done for a, b in zip([Progress("plan", 0, budget)] + reports[:-2], reports[:-1])]
+    assert steps and all(step >= LIMITS.progress_every for step in steps)  # a report every 8+ tokens
     assert reports[-1].done == budget
 
 
 @pytest.fixture(scope="module")
-def plan_matcher(planner):
-    """A fresh grammar matcher for the plan schema of a request, as the planner decodes under it."""
-    info = xgr.TokenizerInfo.from_huggingface(planner.tokenizer, vocab_size=planner.model.config.vocab_size)
-    compiler = xgr.GrammarCompiler(info)
-    return lambda request: xgr.GrammarMatcher(
-        compiler.compile_json_schema(json.dumps(plan_schema(request)), any_whitespace=False)
-    )
+def accepts(planner):
+    """Whether the plan grammar of a request (llguidance, as the planner decodes under it) takes a whole text."""
+    vocab = planner.engine._vocab
+
+    def check(request: StoryRequest, text: str) -> bool:
+        matcher = llguidance.LLMatcher(vocab, json_grammar(plan_schema(request)), log_level=0)
+        return matcher.consume_tokens(vocab.tokenize_str(text)) and matcher.is_accepting()
+
+    return check
 
 
-def _answer(n_events=1, caption="x" * LIMITS.caption_max_chars, duration=1, reasoning="x" * LIMITS.reasoning_chars):
+def _answer(n_events=1, caption="x" * LIMITS.caption_max_chars, duration=1, reasoning="x" * LIMITS.reasoning_chars,
+            ambience=""):  # fmt: skip
     event = {"caption": caption, "duration_s": duration, "tone": "x" * LIMITS.tone_chars}
-    answer = {"reasoning": reasoning, "tone": "x" * LIMITS.tone_chars, "events": [event] * n_events}
+    answer = {"reasoning": reasoning, "tone": "x" * LIMITS.tone_chars, "events": [event] * n_events,
+              "background_sound": ambience}  # fmt: skip
     return json.dumps(answer, ensure_ascii=False)
 
 
-def test_grammar_admits_the_longest_answer_within_the_token_budget(plan_matcher):
+def test_grammar_admits_the_longest_answer_within_the_token_budget(accepts):
     request = StoryRequest(HARBOR, 7.3, max_events=5)
-    longest = _answer(5, duration=8)
-    matcher = plan_matcher(request)
-    assert matcher.accept_string(longest) and matcher.is_completed()
+    longest = _answer(5, duration=8, ambience="x" * LIMITS.caption_max_chars)
+    assert accepts(request, longest)
     assert len(longest) + 1 == max_answer_tokens(request)  # every token adds a byte; + the stop token
 
 
@@ -125,6 +147,9 @@ def test_grammar_admits_the_longest_answer_within_the_token_budget(plan_matcher)
         _answer(duration=0),
         _answer(duration=9),  # above ceil(total_s)
         _answer(duration=2.5),  # whole seconds
+        _answer(ambience="ab"),  # the ambience is a caption or ""
+        _answer(ambience=" rain"),
+        _answer().replace(', "background_sound": ""', ""),  # always written, "" or not
     ],
     ids=[
         "6-events",
@@ -138,24 +163,28 @@ def test_grammar_admits_the_longest_answer_within_the_token_budget(plan_matcher)
         "duration-0",
         "duration-9",
         "duration-float",
+        "ambience-2",
+        "ambience-space-first",
+        "no-ambience",
     ],
 )
-def test_grammar_enforces_the_bounds(plan_matcher, answer):
-    matcher = plan_matcher(StoryRequest(HARBOR, 7.3, max_events=5))
-    assert not (matcher.accept_string(answer) and matcher.is_completed())
+def test_grammar_enforces_the_bounds(accepts, answer):
+    request = StoryRequest(HARBOR, 7.3, max_events=5)
+    assert accepts(request, _answer()) and accepts(request, _answer(ambience="steady rain"))  # within the bounds
+    assert not accepts(request, answer)
 
 
 def _scripted_generate(monkeypatch, answers: list[str | None]) -> list[list[dict]]:
     """Replace the model's answers in order (None: let the model answer); returns the chats it got."""
-    real = Planner._generate
+    real = TransformersEngine.complete
     chats: list[list[dict]] = []
 
-    def fake(self, messages, request, progress):
+    def fake(self, messages, schema, *, max_tokens, progress):
         chats.append(messages)
         answer = answers[len(chats) - 1]
-        return real(self, messages, request, progress) if answer is None else answer
+        return real(self, messages, schema, max_tokens=max_tokens, progress=progress) if answer is None else answer
 
-    monkeypatch.setattr(Planner, "_generate", fake)
+    monkeypatch.setattr(TransformersEngine, "complete", fake)
     return chats
 
 
@@ -189,11 +218,20 @@ def test_two_invalid_answers_raise_plan_error(planner, monkeypatch):
         ('{"events": [{"duration_s": 3}]}', r"events\[0\] must be an object with a caption"),
         ('{"events": [{"caption": "rain", "duration_s": true}]}', r"events\[0\]\.duration_s = true"),
         ('{"events": [{"caption": "   ", "duration_s": 3}]}', r"events\[0\]\.caption has 0 characters"),
+        ('```json\n{"background_sound": 7, "events": [{"caption": "rain", "duration_s": 3}]}\n```',
+         r"background_sound = 7: must be"),
     ],
 )
 def test_bad_answers_are_rejected_by_name(answer, message):
     with pytest.raises(PlanError, match=message):
         plan_from_answer(answer, StoryRequest(HARBOR, 10.0, max_events=2))
+
+
+def test_too_few_events_for_the_longest_clip_are_rejected():
+    """What an unconstrained server may send: 2 events for a 60 s story whose clips last at most 28.9 s."""
+    answer = json.dumps({"events": [{"caption": "rain", "duration_s": 30}, {"caption": "gulls", "duration_s": 30}]})
+    with pytest.raises(PlanError, match="has 2 events: a 60 s story needs at least 3"):
+        plan_from_answer(answer, StoryRequest(HARBOR, 60.0, max_event_s=28.9))
 
 
 def test_answer_durations_are_rescaled_to_the_total():
@@ -212,6 +250,27 @@ def test_answer_durations_are_rescaled_to_the_total():
     assert [e.caption for e in plan.events] == ["rain on a tin roof", "thunder cracks", "gulls cry"]
     assert [e.duration_s for e in plan.events][:2] == [0.5, 0.5]  # raised to the floor, not dropped
     assert plan.reasoning == "a storm" and plan.tone == "tense"
+
+
+def test_the_ambience_lies_under_the_whole_story_in_clips_the_decoder_can_render():
+    answer = {"events": [{"caption": f"sound {i}", "duration_s": 16} for i in range(5)], "background_sound": " steady  rain "}
+    request = StoryRequest(HARBOR, 80.0, max_event_s=28.9)
+    plan = plan_from_answer(json.dumps(answer), request)
+    assert_fills_total(plan, request)
+    bed = [e for e in plan.events if e.layer == 1]
+    assert {e.caption for e in bed} == {"steady rain"} and len(bed) == 3  # 80 s in clips of <= 28.9 s
+    assert bed[0].start_s == 0.0 and bed[-1].end_s == 80.0
+    for before, after in zip(bed, bed[1:]):  # back to back on their layer: they crossfade into one bed
+        assert after.start_s == pytest.approx(before.end_s, abs=1e-9)
+    answer["background_sound"] = ""
+    assert all(e.layer == 0 for e in plan_from_answer(json.dumps(answer), request).events)
+
+
+def test_no_ambience_when_the_plan_would_pass_the_event_limit():
+    request = StoryRequest(HARBOR, 600.0, max_events=64, max_event_s=9.9)
+    assert not has_ambience(request) and "background_sound" not in plan_schema(request)["properties"]
+    assert all("background_sound" not in m["content"] for m in plan_prompt_messages(request))
+    assert has_ambience(StoryRequest(HARBOR, 60.0, max_event_s=28.9))
 
 
 def test_fit_durations_keeps_proportions_above_the_floor():
@@ -247,17 +306,18 @@ def test_timeline_ends_exactly_at_the_total():
 
 def test_messages_ask_for_sounds_heard_and_the_total():
     messages = plan_prompt_messages(StoryRequest(HARBOR, 7.3, max_events=5, tone="calm"))
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     system, request = messages[0]["content"], messages[-1]["content"]
     assert "describe what is HEARD, not what happens in the story" in system
     assert "waves break on pebbles" in system and "the hero feels relieved" in system
     assert "7.3 seconds" in request and "at most 5" in request
     assert HARBOR in request and "calm" in request
-    example = json.loads(messages[2]["content"])  # the example answer is itself a valid plan for its request
-    assert_fills_total(
-        plan_from_answer(messages[2]["content"], planner_module.EXAMPLE_REQUEST), planner_module.EXAMPLE_REQUEST
-    )
-    assert sum(e["duration_s"] for e in example["events"]) == planner_module.EXAMPLE_REQUEST.total_s
+    assert "background_sound, written after the events, is a caption too" in system
+    for (example, answer), shown in zip(planner_module.EXAMPLES, (messages[2], messages[4])):
+        assert json.loads(shown["content"]) == answer  # each example answer is a valid plan for its request
+        assert_fills_total(plan_from_answer(shown["content"], example), example)
+        assert sum(e["duration_s"] for e in answer["events"]) == example.total_s
+    assert [bool(answer["background_sound"]) for _, answer in planner_module.EXAMPLES] == [True, False]
 
 
 def test_missing_planner_folder_names_the_path(tmp_path):
@@ -301,10 +361,11 @@ def test_tiny_planner_is_deterministic_and_leaves_the_global_rng(tiny_planner, t
 
 @pytest.mark.slow
 def test_real_planner_plans_sounds(real_planner_gguf):
-    """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M gguf) on CPU: 3+ events whose captions are sounds."""
+    """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M gguf) on CPU through llama.cpp: 3+ events whose captions are sounds."""
+    pytest.importorskip("llama_cpp")
     path = real_planner_gguf
     started = time.perf_counter()
-    planner = Planner.load(path, device=CPU, dtype=torch.bfloat16)
+    planner = load_planner(path, device=CPU, dtype=torch.bfloat16)
     loaded = time.perf_counter()
     request = StoryRequest(HARBOR, 60.0)
     plan = planner.plan(request)
@@ -312,7 +373,7 @@ def test_real_planner_plans_sounds(real_planner_gguf):
     print(json.dumps(plan_to_dict(plan), indent=2))
     assert_fills_total(plan, request)
     assert len(plan.events) >= 3
-    captions = " ".join(e.caption.lower() for e in plan.events)
+    captions = " ".join(e.caption.lower() for e in plan.foreground())
     heard = ("rain", "bell", "gull", "wave", "thunder", "wind", "ring", "drip", "cr", "splash", "patter", "roar")
     assert sum(word in captions for word in heard) >= 3, captions
     assert not any(word in captions for word in ("feel", "relieved", "happy", "sad", "thinks")), captions

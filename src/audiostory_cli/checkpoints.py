@@ -46,6 +46,13 @@ def looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.endswith((".gguf", ".safetensors", ".json"))
 
 
+def canonical_ref(ref: str) -> str:
+    """A local path as an absolute one (so a saved plan or a resumed run finds it from any folder); a hub id or
+    a URL as given."""
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
 def resolve(ref: str, kind: ModelKind) -> Path:
     """Return the local folder (or file) holding model ``ref``; raise ``ModelNotFoundError`` on a miss."""
     if not ref or not ref.strip():

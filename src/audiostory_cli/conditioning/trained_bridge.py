@@ -25,7 +25,7 @@ from ..decoders.weights import strict_load
 from ..errors import InputError, ModelLoadError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from ..planner import Planner
+    from ..planners.transformers import TransformersPlanner as Planner  # the bridge reads its hidden states
 
 FORMAT_VERSION = 1  # layout of a bridge folder; other versions are refused with a message
 WEIGHTS_FILE = "bridge.safetensors"  # queries + projector, float32

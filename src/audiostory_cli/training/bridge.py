@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .. import story
 from ..audio_io import atomic_write
+from ..checkpoints import canonical_ref
 from ..conditioning.trained_bridge import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -37,7 +38,7 @@ from ..story import Progress, ProgressFn, no_progress
 
 if TYPE_CHECKING:
     from ..decoders.base import Decoder
-    from ..planner import Planner
+    from ..planners.transformers import TransformersPlanner as Planner  # the bridge reads its hidden states
 
 
 # --- captions --------------------------------------------------------------------------------------------
@@ -132,8 +133,8 @@ def train_bridge(
     wanted = {
         "llm_hidden": planner.model.config.hidden_size,
         "text_dim": decoder.caps.text_width,
-        "planner": _canonical_ref(planner.ref),
-        "decoder": _canonical_ref(decoder.ref),
+        "planner": canonical_ref(planner.ref),
+        "decoder": canonical_ref(decoder.ref),
     }
     sizes = {k: v for k, v in (("n_queries", n_queries), ("projector_hidden", projector_hidden)) if v is not None}
     state = _resume_state(out_dir, {**wanted, **sizes}) if resume else None
@@ -198,12 +199,6 @@ def _check_train_args(captions: list[str], steps: int, batch_size: int, lr: floa
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= 1):
         raise InputError(f"lr = {lr!r}: must be > 0 and <= 1")
     story.check_seed(seed)
-
-
-def _canonical_ref(ref: str) -> str:
-    """A local path as an absolute one (so a resume from another folder still matches); a hub id as given."""
-    path = Path(ref).expanduser()
-    return str(path.resolve()) if path.exists() else ref
 
 
 def _resume_state(out_dir: Path, given: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import transformers
 
 from ... import story
 from ...errors import PlanError
-from ...planner import LIMITS as PLAN_LIMITS
-from ...planner import fit_durations, timeline
+from ...planners.base import LIMITS as PLAN_LIMITS
+from ...planners.base import fit_durations, timeline
 from ...story import Plan, Progress, ProgressFn, StoryRequest, no_progress
 from .grammar import Grammar
 from .protocol import (
