@@ -86,17 +86,20 @@ def _check_target(path: str | os.PathLike[str]) -> Path:
 def write_audio(path: str | os.PathLike[str], wave: np.ndarray, sample_rate: int) -> Path:
     """Write ``wave`` [channels, samples] float to ``path`` atomically; the format follows the extension."""
     path = check_output_path(path)
+    return atomic_write(path, _audio_writer(path, wave, sample_rate))
+
+
+def _audio_writer(path: Path, wave: np.ndarray, sample_rate: int) -> Callable[[BinaryIO], object]:
+    """What writes ``wave`` into an open file in the format ``path``'s extension names (checked first)."""
     _check_wave(wave)
     _check_sample_rate(sample_rate)
     samples = np.clip(wave, -1.0, 1.0).T  # [samples, channels], the layout both writers take
     extension = path.suffix.lower()
     if extension in _FFMPEG_FORMATS:
         muxer, codec = _FFMPEG_FORMATS[extension]
-        return atomic_write(path, lambda file: _export_ffmpeg(file, samples, sample_rate, muxer, codec))
+        return lambda file: _export_ffmpeg(file, samples, sample_rate, muxer, codec)
     file_format, subtype = _SOUNDFILE_FORMATS[extension]
-    return atomic_write(
-        path, lambda file: soundfile.write(file, samples, sample_rate, format=file_format, subtype=subtype)
-    )
+    return lambda file: soundfile.write(file, samples, sample_rate, format=file_format, subtype=subtype)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -106,6 +109,21 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Run ``write`` on a hidden partial file in ``path``'s folder, fsync it, rename it onto ``path``."""
+    partial = _write_partial(path, write)
+    try:
+        os.replace(partial, path)
+    except BaseException as err:
+        partial.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise AudioIOError(f"could not write {path}: {err}") from err
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _write_partial(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Run ``write`` on a new hidden ``.NAME.XXXXXXXX.partial.EXT`` beside ``path`` and fsync it; on any
+    failure the partial file is removed."""
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
     try:
         file = open(partial, "xb")  # created with the umask's permissions, as the target would be
@@ -116,14 +134,57 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(partial, path)
     except BaseException as err:
         partial.unlink(missing_ok=True)
         if isinstance(err, (OSError, soundfile.SoundFileError)):
             raise AudioIOError(f"could not write {path}: {err}") from err
         raise
-    _fsync_folder(path.parent)
-    return path
+    return partial
+
+
+STORY_WRITE_STEPS = 4  # on_step reports of write_story_files, before its last rename
+
+
+def write_story_files(
+    audio_path: str | os.PathLike[str],
+    wave: np.ndarray,
+    sample_rate: int,
+    plan_path: str | os.PathLike[str],
+    plan_text: str,
+    *,
+    on_step: Callable[[int, str], None] = lambda done, what: None,
+) -> Path:
+    """Write a story's audio and its plan as a pair: the audio file appears last, so an audio file always has
+    its own plan beside it, whenever the process dies. Order: both to hidden partial files (fsynced); the old
+    audio removed; the plan renamed into place; the audio renamed into place. A crash before the last rename
+    leaves at most a plan with no audio (an unfinished story: a resumed batch renders it again) and partial
+    files (a resumed batch removes them). ``on_step(done, what)`` after each of the first STORY_WRITE_STEPS."""
+    audio_path, plan_path = check_output_path(audio_path), _check_target(plan_path)
+    write = _audio_writer(audio_path, wave, sample_rate)
+    partials: list[Path] = []
+    plan_placed = False
+    try:
+        partials.append(_write_partial(audio_path, write))
+        on_step(1, f"{audio_path.name} written")
+        partials.append(_write_partial(plan_path, lambda file: file.write(plan_text.encode("utf-8"))))
+        on_step(2, f"{plan_path.name} written")
+        audio_path.unlink(missing_ok=True)  # until the new audio lands, the story reads as unfinished
+        _fsync_folder(audio_path.parent)
+        on_step(3, f"old {audio_path.name} removed")
+        os.replace(partials[1], plan_path)
+        plan_placed = True
+        on_step(4, f"{plan_path.name} in place")
+        os.replace(partials[0], audio_path)
+    except BaseException as err:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        if plan_placed and not audio_path.exists():
+            plan_path.unlink(missing_ok=True)  # a plan whose audio never came
+        if isinstance(err, OSError):
+            raise AudioIOError(f"could not write {audio_path} and {plan_path.name}: {err}") from err
+        raise
+    _fsync_folder(audio_path.parent)
+    return audio_path
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -94,6 +94,7 @@ class Plan:
     reasoning: str = ""  # the planner's short explanation of its choices
     tone: str = ""  # overall tone of the story
     render: RenderOptions | None = None  # every setting it was rendered with; filled in once rendered
+    request: dict[str, Any] | None = None  # what a batch line asked for, compared when the batch resumes
     schema_version: int = SCHEMA_VERSION  # version of the JSON layout
 
     def foreground(self) -> list[Event]:
@@ -194,6 +195,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     }
     if plan.render is not None:
         data["render"] = plan.render.to_dict()
+    if plan.request is not None:
+        data["request"] = plan.request
     return data
 
 
@@ -227,7 +230,7 @@ def plan_from_dict(data: Any) -> Plan:
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise PlanError(f"schema_version = {version!r}: this audiostory reads version {SCHEMA_VERSION}")
-    _no_unknown(data, "", {"schema_version", "prompt", "total_s", "tone", "reasoning", "events", "render"})
+    _no_unknown(data, "", {"schema_version", "prompt", "total_s", "tone", "reasoning", "events", "render", "request"})
     prompt = _field(data, "prompt", str, "", default="")
     total_s = _field(data, "total_s", float, "")
     if not 0 < total_s <= MAX_TOTAL_S:
@@ -245,6 +248,7 @@ def plan_from_dict(data: Any) -> Plan:
         reasoning=_field(data, "reasoning", str, "", default=""),
         tone=_field(data, "tone", str, "", default=""),
         render=None if render is None else options_from_dict(render),
+        request=_field(data, "request", dict, "", default=None),
     )
 
 
