@@ -41,15 +41,64 @@ def resolve_device(name: str = "auto", *, notify: Callable[[str], None] | None =
 
 
 def resolve_dtype(name: str, device: torch.device, *, notify: Callable[[str], None] | None = None) -> torch.dtype:
-    """``auto`` is bf16 on CUDA and fp32 elsewhere; fp16 on CPU falls back to fp32 with a warning."""
+    """``auto`` is bf16 on CUDA and on a CPU with native bf16 (avx512_bf16 or AMX), fp32 elsewhere; fp16 on
+    CPU falls back to fp32 with a warning."""
     import torch
 
     if name not in DTYPE_CHOICES:
         raise InputError(f"dtype = {name!r}: must be one of {', '.join(DTYPE_CHOICES)}")
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+            if device.type == "cpu" and notify is not None:
+                notify("this CPU computes bf16 natively: using bf16 (--dtype auto; --dtype fp32 to keep fp32)")
+            return torch.bfloat16
+        return torch.float32
     if device.type == "cpu" and name == "fp16":
         if notify is not None:
             notify("fp16 is not supported on CPU; using fp32 instead")
         return torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 natively
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates bf16, which
+    is slower than fp32. Read from the kernel's CPU flags (torch's ``get_cpu_capability`` stops at AVX512)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def runs_natively(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``dtype`` is computed natively on ``device`` (fp32 always; bf16/fp16 on CUDA; bf16 on a CPU
+    with native bf16), i.e. whether it is worth using for a part that fp32 would also serve."""
+    import torch
+
+    if dtype == torch.float32:
+        return True
+    if device.type == "cuda":
+        return dtype == torch.float16 or torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_native_bf16()
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on ``device``: CUDA's free memory, MPS's recommended budget left, the
+    system's available memory (``MemAvailable``) on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 EVENT_MARGIN_S = 0.05  # planned events stay this far below the decoder window, for rounding to milliseconds
 DEFAULT_BATCH_SIZE = 4  # clips denoised together
+MAX_AUTO_BATCH_SIZE = 16  # ``batch_size="auto"`` never goes above this (past it a batch gains nothing)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ def plan_path_for(audio_path: Path) -> Path:
 def longest_event_s(clip_window_s: float, crossfade_s: float) -> float:
     """The longest event a planner may write so that event + crossfade tail fits one decoder window."""
     return clip_window_s - crossfade_s - EVENT_MARGIN_S
+
+
+def auto_batch_size(decoder: Decoder) -> int:
+    """Clips denoised together that fit the device's free memory: the decoder's own estimate
+    (``max_batch_size``) when it has one, capped at ``MAX_AUTO_BATCH_SIZE``; else ``DEFAULT_BATCH_SIZE``."""
+    estimate = getattr(decoder, "max_batch_size", None)
+    if estimate is None:
+        return DEFAULT_BATCH_SIZE
+    return max(1, min(MAX_AUTO_BATCH_SIZE, estimate()))
 
 
 def plan_story(planner, request: StoryRequest, *, progress: ProgressFn = no_progress) -> Plan:
@@ -67,10 +77,11 @@ def render_plan(
     options: RenderOptions,
     conditioner: Conditioner,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: ProgressFn = no_progress,
 ) -> Track:
-    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``."""
+    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``.
+    ``batch_size``: clips denoised together, or ``"auto"`` (``auto_batch_size``); it does not change the audio."""
     # 1. The settings used, and how long each clip must be (its span plus the crossfade tail), and where.
     options = resolve_options(options, decoder)
     sample_rate = decoder.caps.sample_rate
@@ -93,6 +104,8 @@ def render_plan(
         for e in plan.events
     ]
     # 4. Denoise and decode.
+    if batch_size == "auto":
+        batch_size = auto_batch_size(decoder)
     clips = decoder.render(requests, options, batch_size=batch_size, progress=progress)
     # 5. Crossfade, place on the timeline, control the level.
     progress(Progress("mix", 0, 1, "mixing"))
@@ -113,7 +126,7 @@ def render_to_file(
     conditioner: Conditioner,
     output: Path,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
     """``render_plan`` then write the audio and ``<name>.plan.json`` (with every setting used), atomically."""
@@ -140,7 +153,7 @@ def generate_story(
     conditioner: Conditioner,
     output: Path,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
     """Prompt to file: plan, render, mix, write. The request's seed and the planner are recorded."""

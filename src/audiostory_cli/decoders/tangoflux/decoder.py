@@ -1,9 +1,11 @@
 """The TangoFlux decoder: captions -> clips, with the TangoFlux architecture built from diffusers parts.
 
-Data flow of one batch: ``T5 text encoder -> FluxTransformer2DModel (flow matching, CFG) -> AutoencoderOobleck``.
+Data flow of one render: ``requests -> schedule.plan_windows -> batches of same-size windows -> T5 text encoder
+(each caption once) -> FluxTransformer2DModel (flow matching, CFG, all batches in lockstep, continuing heads
+pinned) -> AutoencoderOobleck (only the frames that hold audio)``.
 
 Unlike upstream, which always denoises a 30 s window, the window follows the clip length (``window="auto"``);
-``window="full"`` keeps upstream's full window. Each clip draws its starting noise from its own
+``window="full"`` keeps upstream's full window. Each window draws its starting noise from its own
 ``torch.Generator``; captions are attention-masked so a clip renders the same alone or in a batch.
 """
 
@@ -19,19 +21,23 @@ import numpy as np
 import torch
 
 from ...checkpoints import quiet_loading
+from ...devices import free_memory_bytes, runs_natively
 from ...errors import InputError, ModelLoadError
 from ...settings import RenderOptions
-from ...story import Clip, Progress, ProgressFn, clip_seed, no_progress
+from ...story import Clip, Progress, ProgressFn, no_progress
 from ..base import ClipRequest, DecoderCaps, TextTokens, fit_length
 from .config import TangoFluxConfig, caps_for, read_tangoflux_config
 from .modules import TangoFluxDiT
+from .schedule import FRAME_BUCKET, ClipGrid, Window, plan_windows
 from .weights import load_dit_weights, load_text_encoder, load_vae
 
-FRAME_BUCKET = 16  # auto windows are rounded up to a multiple of this many latent frames, so clips batch
-LONG_OVERLAP_S = 3.0  # a clip longer than one window is rendered as windows overlapping this much
 VAE_CONTEXT_FRAMES = 32  # latent frames decoded on each side of a chunk when a clip is longer than a window
-HEAD_CONTEXT_FRAMES = 8  # a continuing clip also pins this many of the previous clip's frames before the
-# overlap (and discards their audio), so the VAE's edge effects fall outside the crossfade
+VAE_EDGE_FRAMES = 4  # latent frames past a clip's last one still decoded, so the VAE's right edge falls past
+# its audio (the frames beyond are never decoded: a window rounded up to its bucket decodes no more)
+DIT_ACTIVATION_WIDTHS = 24  # live activations of the DiT per token and row, in model widths (~11 measured
+# on CPU at real size; twice that for headroom)
+VAE_BYTES_PER_SAMPLE = 3500  # peak activations of the fp32 Oobleck decoder per output sample (measured)
+MEMORY_SHARE = 0.7  # share of the free memory ``max_batch_size`` plans to use
 MAX_TEXT_TOKENS = 64  # captions are cut to this many T5 tokens (TangoFlux's max_text_seq_len)
 
 
@@ -47,16 +53,21 @@ class _LatentTrack:
 class TangoFluxDecoder:
     """A loaded TangoFlux-architecture decoder; ``render`` turns clip requests into clips."""
 
-    def __init__(self, *, ref, config, dit, vae, text_encoder, tokenizer, device, dtype, name="TangoFlux") -> None:
+    def __init__(
+        self, *, ref, config, dit, vae, text_encoder, tokenizer, device, dtype, name="TangoFlux", vae_dtype=None
+    ) -> None:
         self.ref: str = ref  # the reference it was loaded from (saved in plans)
         self.config: TangoFluxConfig = config
         self.caps: DecoderCaps = caps_for(config, name)
         self.dit: TangoFluxDiT = dit
-        self.vae = vae  # diffusers AutoencoderOobleck, fp32
+        self.vae = vae  # diffusers AutoencoderOobleck, in ``vae_dtype``
         self.text_encoder = text_encoder  # transformers T5EncoderModel
         self.tokenizer = tokenizer
         self.device: torch.device = device
-        self.dtype: torch.dtype = dtype  # dtype of the DiT; the VAE stays fp32
+        self.dtype: torch.dtype = dtype  # dtype of the DiT
+        self.vae_dtype: torch.dtype = vae_dtype or torch.float32  # dtype of the VAE (see ``vae_dtype_for``)
+        self.compile: bool = False  # torch.compile the DiT's transformer on first use (minutes once, faster steps)
+        self._compiled = None  # the compiled transformer, once made
         self._uncond_cache: dict[int, TextTokens] = {}  # unconditional text by token count
 
     @classmethod
@@ -74,11 +85,12 @@ class TangoFluxDecoder:
             dit = TangoFluxDiT(config, text_dim)
             load_dit_weights(dit, text_encoder, folder / "tangoflux.safetensors")
             vae = load_vae(folder / "vae.safetensors")
+            vae_dtype = vae_dtype_for(device, dtype)
             dit.to(device=device, dtype=dtype).eval()
-            vae.to(device=device, dtype=torch.float32).eval()
+            vae.to(device=device, dtype=vae_dtype).eval()
         return cls(
             ref=ref, config=config, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-            device=device, dtype=dtype,
+            device=device, dtype=dtype, vae_dtype=vae_dtype,
         )  # fmt: skip
 
     # --- sizes ---------------------------------------------------------------------------------------
@@ -118,6 +130,17 @@ class TangoFluxDecoder:
         needed = math.ceil(n_samples / self.hop_samples)
         return min(self.config.audio_seq_len, math.ceil(needed / FRAME_BUCKET) * FRAME_BUCKET)
 
+    def max_batch_size(self) -> int:
+        """Full windows that fit one denoising batch in the memory free now (two rows each with guidance),
+        after room for the VAE decoding one full window (``--batch-size auto``)."""
+        element = torch.finfo(self.dtype).bits // 8
+        tokens = self.config.audio_seq_len + MAX_TEXT_TOKENS + 1
+        inner = self.config.num_attention_heads * self.config.attention_head_dim
+        per_window = 2 * tokens * DIT_ACTIVATION_WIDTHS * inner * element
+        vae = self.max_clip_samples * VAE_BYTES_PER_SAMPLE * torch.finfo(self.vae_dtype).bits // 32
+        budget = MEMORY_SHARE * free_memory_bytes(self.device) - vae
+        return max(1, int(budget // per_window))
+
     # --- rendering -----------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -131,160 +154,137 @@ class TangoFluxDecoder:
     ) -> list[Clip]:
         """Render every request with ``options``' steps, guidance, window and continuation (resolved).
 
-        Without continuation, clips of the same window size share a batch of at most ``batch_size``.
-        With it, clips render one after another in timeline order, and the head of a clip that
-        ``continues`` another is generated as the continuation of that clip's tail (inpainting: the known
-        latent frames are re-noised to the current noise level and pinned at every step). A clip longer
-        than one window is rendered as overlapping windows chained the same way, whatever the setting.
+        Every clip is one latent window (several overlapping ones past the model's window); windows of one
+        size share a batch of at most ``batch_size``, continuation or not. All batches take their denoising
+        steps in lockstep: with continuation, the head of a clip that ``continues`` another is pinned to
+        that clip's frames at every step (see ``schedule.py``), so the clips still batch and both sides of
+        the crossfade end as the same latents.
         """
-        steps, guidance, window, continuation = options.steps, options.guidance, options.window, options.continuation
+        steps, guidance = options.steps, options.guidance
         if steps is None or guidance is None:
             raise ValueError("render needs resolved options: call options.resolved(...) first")
         if batch_size < 1:
             raise InputError(f"batch_size = {batch_size}: must be >= 1")
+        # 1. The windows, the heads pinned to the clips they continue, and batches of same-size windows.
+        windows, grids = plan_windows(
+            requests, hop=self.hop_samples, full=self.config.audio_seq_len, sample_rate=self.sample_rate,
+            window=options.window, continuation=options.continuation,
+        )  # fmt: skip
+        batches = _batches(windows, batch_size)
+        # 2. Conditioning of every batch; each caption without given text tokens is encoded once.
+        texts = self._texts(requests)
+        use_cfg = guidance > 1.0
+        conditioning = [
+            self._conditioning([texts[windows[w].clip] for w in batch], [windows[w].seconds for w in batch], use_cfg)
+            for batch in batches
+        ]
+        # 3. Flow-matching Euler over every batch, in lockstep.
+        progress(Progress("render", 0, len(requests), f"{len(windows)} windows in {len(batches)} batches"))
+        latents = self._denoise(windows, batches, conditioning, steps, guidance, progress)
+        # 4. VAE decode, one clip at a time (its activations are the render's largest: ~7 MB a frame in
+        # fp32), only the frames that hold audio, and cut each clip to its exact length.
+        place = {w: (b, row) for b, batch in enumerate(batches) for row, w in enumerate(batch)}
         clips: dict[int, Clip] = {}
-        chained = range(len(requests)) if continuation else self._too_long(requests)
-        batched = [i for i in range(len(requests)) if i not in set(chained)]
-        self._render_batched(requests, batched, clips, steps, guidance, window, batch_size, progress)
-        tracks: dict[int, _LatentTrack] = {}
-        for i in sorted(chained, key=lambda i: (requests[i].start_sample, i)):
+        for i, grid in sorted(grids.items()):
             request = requests[i]
-            previous = tracks.get(request.continues) if continuation and request.continues is not None else None
-            progress(Progress("render", len(clips), len(requests), f"event {request.event.index + 1}"))
-            wave, tracks[i] = self._render_chained(request, previous, steps, guidance, window, progress)
+            progress(Progress("render", len(clips), len(requests), f"decoding event {request.event.index + 1}"))
+            audio = self._decode_frames(self._clip_latents(grid, windows, place, latents))
+            wave = fit_length(audio[:, grid.shift :], request.n_samples)
             clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, seed=request.seed)
         progress(Progress("render", len(clips), len(requests), "done"))
         return [clips[i] for i in range(len(requests))]
 
-    def _too_long(self, requests: Sequence[ClipRequest]) -> list[int]:
-        return [i for i, r in enumerate(requests) if r.n_samples > self.max_clip_samples]
-
-    def _render_batched(self, requests, indices, clips, steps, guidance, window, batch_size, progress) -> None:
-        """Clips with no continuation, grouped by window size, ``batch_size`` at a time."""
-        by_frames: dict[int, list[int]] = defaultdict(list)
-        for i in indices:
-            by_frames[self.window_frames(requests[i].n_samples, window)].append(i)
-        for frames, group in sorted(by_frames.items()):
-            for start in range(0, len(group), batch_size):
-                chunk = group[start : start + batch_size]
-                batch = [requests[i] for i in chunk]
-                names = ", ".join(str(r.event.index + 1) for r in batch)
-                progress(Progress("render", len(clips), len(requests), f"events {names}"))
-                waves = self._render_batch(batch, frames, steps, guidance, progress)
-                for i, request, wave in zip(chunk, batch, waves):
-                    clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, seed=request.seed)
-
-    def _render_chained(self, request, previous, steps, guidance, window, progress):
-        """One clip as one or more windows; the first continues ``previous``, each next one the last."""
-        hop, full = self.hop_samples, self.config.audio_seq_len
-        known, origin = self._known_head(request, previous)
-        shift = request.start_sample - origin  # samples between latent frame 0 and the clip's start
-        total = math.ceil((shift + request.n_samples) / hop)
-        overlap = round(LONG_OVERLAP_S * self.sample_rate / hop)
-        text = request.text if request.text is not None else self.encode_text(request.event.caption)
-        latents, start, part = None, 0, 0
-        while True:
-            needed = total - start
-            frames = full if window == "full" or needed >= full else math.ceil(needed / FRAME_BUCKET) * FRAME_BUCKET
-            frames = min(frames, full)
-            seed = request.seed if part == 0 else clip_seed(request.seed, part)
-            pinned = known[: frames - 1] if part == 0 else latents[start : start + overlap]
-            content = shift + request.n_samples - start * hop  # audio samples still to come from here on
-            seconds = min(content, frames * hop) / self.sample_rate
-            new = self._render_window(text, seconds, self._noise(seed, frames), pinned, steps, guidance, progress)
-            latents = new if latents is None else torch.cat([latents[:start], new])
-            if start + frames >= total:
-                break
-            start, part = start + frames - overlap, part + 1
-        wave = fit_length(self._decode_frames(latents)[:, shift:], request.n_samples)
-        return wave, _LatentTrack(origin, latents, request.start_sample + request.n_samples)
-
-    def _known_head(self, request: ClipRequest, previous: _LatentTrack | None):
-        """The previous clip's latent frames that lie inside its audio from this clip's start on, and the
-        timeline sample this clip's latent grid starts at (aligned to the previous clip's grid)."""
-        empty = torch.zeros(0, self.config.in_channels, device=self.device)
-        if previous is None:
-            return empty, request.start_sample
-        hop = self.hop_samples
-        first = max(0, (request.start_sample - previous.origin_sample) // hop - HEAD_CONTEXT_FRAMES)
-        end = (previous.end_sample - previous.origin_sample) // hop
-        if request.start_sample < previous.origin_sample or end <= first:
-            return empty, request.start_sample
-        return previous.latents[first:end], previous.origin_sample + first * hop
-
-    def _render_window(self, text, seconds, noise, pinned, steps, guidance, progress) -> torch.Tensor:
-        """Denoise one window for one clip, its first ``len(pinned)`` frames pinned; [frames, channels]."""
-        context, mask, pooled = self._conditioning([text], [seconds], guidance > 1.0)
-        known = pinned[None] if pinned.shape[0] else None
-        latents = self._denoise(noise[None].to(self.device), context, mask, pooled, steps, guidance, progress, known)
-        return latents[0]
-
-    def _decode_frames(self, latents: torch.Tensor) -> np.ndarray:
-        """VAE-decode [frames, channels]; past one window, in window-sized chunks with context on each side."""
-        full, hop = self.config.audio_seq_len, self.hop_samples
-        if latents.shape[0] <= full:
-            return self.vae.decode(latents.T[None].float()).sample[0].float().cpu().numpy()
-        pieces = []
-        for first in range(0, latents.shape[0], full):
-            a, b = max(0, first - VAE_CONTEXT_FRAMES), min(latents.shape[0], first + full + VAE_CONTEXT_FRAMES)
-            audio = self.vae.decode(latents[a:b].T[None].float()).sample[0].float().cpu().numpy()
-            keep = min(full, latents.shape[0] - first)
-            pieces.append(audio[:, (first - a) * hop : (first - a + keep) * hop])
-        return np.concatenate(pieces, axis=1)
-
-    def _render_batch(self, batch, frames, steps, guidance, progress) -> list[np.ndarray]:
-        # 1. Conditioning: text tokens + duration token, pooled text; unconditional half first.
-        texts = [r.text if r.text is not None else self.encode_text(r.event.caption) for r in batch]
-        seconds = [r.n_samples / self.sample_rate for r in batch]
-        context, mask, pooled = self._conditioning(texts, seconds, guidance > 1.0)
-        # 2. Starting noise: one generator per clip, drawn on the CPU so it is the same on every device.
-        latents = torch.stack([self._noise(r.seed, frames) for r in batch]).to(self.device)
-        # 3. Flow-matching Euler over the window.
-        latents = self._denoise(latents, context, mask, pooled, steps, guidance, progress)
-        # 4. VAE decode and cut each clip to its exact length.
-        audio = self.vae.decode(latents.transpose(1, 2).float()).sample.float().cpu().numpy()
-        return [fit_length(audio[i], r.n_samples) for i, r in enumerate(batch)]
+    def _texts(self, requests: Sequence[ClipRequest]) -> list[TextTokens]:
+        """Each request's text tokens: its own, or its caption's encoding (each distinct caption once)."""
+        encoded: dict[str, TextTokens] = {}
+        for r in requests:
+            if r.text is None and r.event.caption not in encoded:
+                encoded[r.event.caption] = self.encode_text(r.event.caption)
+        return [r.text if r.text is not None else encoded[r.event.caption] for r in requests]
 
     def _noise(self, seed: int, frames: int) -> torch.Tensor:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         return torch.randn((frames, self.config.in_channels), generator=generator, dtype=torch.float32)
 
-    def _denoise(self, latents, context, mask, pooled, steps, guidance, progress, known=None) -> torch.Tensor:
-        """Flow-matching Euler from noise ``latents`` [B, frames, C]. ``known`` [B, k, C]: the first k frames
-        are pinned, re-noised to each step's noise level with the starting noise (inpainting)."""
+    def _denoise(self, windows, batches, conditioning, steps, guidance, progress) -> list[torch.Tensor]:
+        """Flow-matching Euler from each window's own noise, every batch one step at a time. Before each
+        step, and after the last, every pinned head is overwritten with its source window's current frames
+        (both at that step's noise level). No host sync inside the loop. Returns [B, frames, C] per batch."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
         scheduler.set_timesteps(sigmas=list(np.linspace(1.0, 1.0 / steps, steps)), device=self.device)
-        use_cfg = guidance > 1.0
-        frames = latents.shape[1]
-        img_ids = torch.arange(frames, device=self.device, dtype=torch.float32)[:, None].repeat(1, 3)
-        txt_ids = torch.zeros(context.shape[1], 3, device=self.device)
-        attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], frames)], dim=1)[:, None, None, :]
-        noise, pinned = latents.clone(), 0 if known is None else known.shape[1]
-        for i, t in enumerate(scheduler.timesteps):
-            if pinned:
-                sigma = scheduler.sigmas[i]
-                latents[:, :pinned] = (1 - sigma) * known + sigma * noise[:, :pinned]
-            model_input = torch.cat([latents, latents]) if use_cfg else latents
-            velocity = self.dit.transformer(
-                hidden_states=model_input.to(self.dtype),
-                timestep=(t / 1000).expand(model_input.shape[0]).to(self.dtype),
-                pooled_projections=pooled,
-                encoder_hidden_states=context,
-                txt_ids=txt_ids,
-                img_ids=img_ids,
-                joint_attention_kwargs={"attention_mask": attention_mask},
-                return_dict=False,
-            )[0].float()
-            if use_cfg:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + guidance * (cond - uncond)
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        sigmas, timesteps = scheduler.sigmas.to(self.device, torch.float32), scheduler.timesteps
+        # Starting noise: one generator per window, drawn on the CPU so it is the same on every device.
+        latents = [torch.stack([self._noise(windows[w].seed, windows[w].frames) for w in b]).to(self.device)
+                   for b in batches]  # fmt: skip
+        place = {w: (b, row) for b, batch in enumerate(batches) for row, w in enumerate(batch)}
+        pins = [
+            (*place[w], *place[window.source], window.source_offset, window.pinned)
+            for w, window in enumerate(windows)
+            if window.source is not None and window.pinned > 0
+        ]  # in window order: a source's own head is in place before it is copied on
+        transformer = self._transformer()
+        for i in range(steps):
+            _pin(latents, pins)
+            for b, cond in enumerate(conditioning):
+                velocity = self._velocity(transformer, latents[b], cond, timesteps[i], guidance)
+                latents[b] = latents[b] + (sigmas[i + 1] - sigmas[i]) * velocity
             progress(Progress("step", i + 1, steps))
-        if pinned:
-            latents[:, :pinned] = known
+        _pin(latents, pins)
         return latents
+
+    def _velocity(self, transformer, latents, cond: _Conditioning, t, guidance: float) -> torch.Tensor:
+        """The DiT's velocity for [B, frames, C], guided: both halves in one batch, unconditional first."""
+        use_cfg = guidance > 1.0
+        model_input = torch.cat([latents, latents]) if use_cfg else latents
+        frames = latents.shape[1]
+        velocity = transformer(
+            hidden_states=model_input.to(self.dtype),
+            timestep=(t / 1000).expand(model_input.shape[0]).to(self.dtype),
+            pooled_projections=cond.pooled,
+            encoder_hidden_states=cond.context,
+            txt_ids=cond.txt_ids,
+            img_ids=torch.arange(frames, device=self.device, dtype=torch.float32)[:, None].repeat(1, 3),
+            joint_attention_kwargs=None if cond.mask is None else {"attention_mask": cond.attention_mask(frames)},
+            return_dict=False,
+        )[0].float()
+        if use_cfg:
+            uncond, guided = velocity.chunk(2)
+            velocity = uncond + guidance * (guided - uncond)
+        return velocity
+
+    def _transformer(self):
+        """The DiT's transformer, compiled on first use when ``self.compile`` is set."""
+        if not self.compile:
+            return self.dit.transformer
+        if self._compiled is None:
+            self._compiled = torch.compile(self.dit.transformer)
+        return self._compiled
+
+    @staticmethod
+    def _clip_latents(grid: ClipGrid, windows, place, latents) -> torch.Tensor:
+        """A clip's final latents [frames, C]: its windows laid end to end (a later one wins where they
+        overlap), up to the last frame that holds its audio plus ``VAE_EDGE_FRAMES``."""
+        clip = None
+        for w in grid.windows:
+            b, row = place[w]
+            new = latents[b][row]
+            clip = new if clip is None else torch.cat([clip[: windows[w].start], new])
+        return clip[: grid.total + VAE_EDGE_FRAMES]
+
+    def _decode_frames(self, latents: torch.Tensor) -> np.ndarray:
+        """VAE-decode [frames, channels]; past one window, in window-sized chunks with context on each side."""
+        full, hop = self.config.audio_seq_len, self.hop_samples
+        if latents.shape[0] <= full:
+            return self.vae.decode(latents.T[None].to(self.vae_dtype)).sample[0].float().cpu().numpy()
+        pieces = []
+        for first in range(0, latents.shape[0], full):
+            a, b = max(0, first - VAE_CONTEXT_FRAMES), min(latents.shape[0], first + full + VAE_CONTEXT_FRAMES)
+            audio = self.vae.decode(latents[a:b].T[None].to(self.vae_dtype)).sample[0].float().cpu().numpy()
+            keep = min(full, latents.shape[0] - first)
+            pieces.append(audio[:, (first - a) * hop : (first - a + keep) * hop])
+        return np.concatenate(pieces, axis=1)
 
     @torch.inference_mode()
     def encode_text(self, text: str, *, pad_to: int | None = None) -> TextTokens:
@@ -309,7 +309,7 @@ class TangoFluxDecoder:
             self._uncond_cache[length] = TextTokens(states=states, pooled=states[valid].mean(dim=0))
         return self._uncond_cache[length]
 
-    def _conditioning(self, texts: list[TextTokens], seconds: list[float], use_cfg: bool):
+    def _conditioning(self, texts: list[TextTokens], seconds: list[float], use_cfg: bool) -> _Conditioning:
         """Each clip's text tokens followed by its duration token, their mask and the pooled text vector;
         with guidance, the unconditional rows come first."""
         if use_cfg:
@@ -317,16 +317,54 @@ class TangoFluxDecoder:
         context, mask, pooled = self._stack_texts(texts)
         duration = self.dit.duration_emebdder(torch.tensor(seconds, device=self.device))
         context = torch.cat([context, duration.to(context.dtype)], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        return context, mask, pooled
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        txt_ids = torch.zeros(context.shape[1], 3, device=self.device)
+        return _Conditioning(context=context, mask=mask, pooled=pooled, txt_ids=txt_ids)
 
     def _stack_texts(self, texts: list[TextTokens]):
-        """Pad to the longest with the padding masked, so a clip does not depend on its batch neighbours."""
-        width = max(t.states.shape[0] for t in texts)
+        """Pad to the longest with the padding masked, so a clip does not depend on its batch neighbours;
+        no mask at all when every row has the same length (known here, so no device sync)."""
+        lengths = [t.states.shape[0] for t in texts]
+        width = max(lengths)
         states = torch.zeros(len(texts), width, texts[0].states.shape[1], device=self.device)
         mask = torch.zeros(len(texts), width, dtype=torch.bool, device=self.device)
         for row, text in enumerate(texts):
             states[row, : text.states.shape[0]] = text.states
             mask[row, : text.states.shape[0]] = True
         pooled = self.dit.fc(torch.stack([t.pooled for t in texts]).to(self.device, self.dtype))
-        return states.to(self.dtype), mask, pooled
+        return states.to(self.dtype), (mask if min(lengths) < width else None), pooled
+
+
+@dataclass(frozen=True)
+class _Conditioning:
+    """What the DiT gets for one batch besides the latents (unconditional rows first with guidance)."""
+
+    context: torch.Tensor  # [rows, tokens, D] text tokens then the duration token
+    mask: torch.Tensor | None  # [rows, tokens] which context tokens attend; None: all of them
+    pooled: torch.Tensor  # [rows, D] projected pooled text
+    txt_ids: torch.Tensor  # [tokens, 3] zero positions of the context tokens
+
+    def attention_mask(self, frames: int) -> torch.Tensor:
+        """[rows, 1, 1, tokens + frames]: the context's mask, every latent frame attending."""
+        return torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], frames)], dim=1)[:, None, None, :]
+
+
+def vae_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The VAE's dtype: the DiT's where the device computes it natively (bf16/fp16 on CUDA, bf16 on a CPU
+    with native bf16: about twice as fast), else fp32 (emulated bf16 is slower than fp32)."""
+    return dtype if runs_natively(dtype, device) else torch.float32
+
+
+def _batches(windows: list[Window], batch_size: int) -> list[list[int]]:
+    """Window indices grouped by size, in timeline order, ``batch_size`` at a time."""
+    by_frames: dict[int, list[int]] = defaultdict(list)
+    for w, window in enumerate(windows):
+        by_frames[window.frames].append(w)
+    return [group[k : k + batch_size] for _, group in sorted(by_frames.items()) for k in range(0, len(group), batch_size)]
+
+
+def _pin(latents: list[torch.Tensor], pins) -> None:
+    """Copy each pinned head from its source window: ``(batch, row, source batch, source row, offset, n)``."""
+    for b, row, src_b, src_row, offset, n in pins:
+        latents[b][row, :n] = latents[src_b][src_row, offset : offset + n]
