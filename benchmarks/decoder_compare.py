@@ -69,6 +69,7 @@ def measure(name: str, ref: str, args) -> dict:
     options = RenderOptions(seed=0)
     conditioner = ResidualConditioner(options.coherence)
     caps = decoder.caps
+    render_plan(decoder, story_plan(2.0, 1), RenderOptions(seed=0, steps=1), conditioner)  # warm-up, not timed
     timings = {}
     step_counts = sorted({args.steps_a, args.steps_b} | ({caps.default_steps} if args.measure_default else set()))
     for steps in step_counts:
@@ -106,7 +107,7 @@ def table(rows: list[dict], args) -> str:
     for r in rows:
         how = "measured" if r["measured_default"] else "projected"
         lines.append(
-            f"| {r['caps']} | {r['params_m']:.0f} | {r['load_s']:.1f} | {r['fixed_s']:.1f} | {r['per_step_s']:.2f} | "
+            f"| {r['decoder']} | {r['params_m']:.0f} | {r['load_s']:.1f} | {r['fixed_s']:.1f} | {r['per_step_s']:.2f} | "
             f"{r['default_steps']} / {r['default_guidance']:g} | {r['at_default_s']:.1f} ({how}) | {r['peak_mb']:.0f} |"
         )
     by_name = {r["decoder"]: r for r in rows}

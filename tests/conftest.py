@@ -18,7 +18,17 @@ def _offline(monkeypatch, tmp_path):
     """No test may reach the hub, and ``checkpoints/`` lookups land in an empty folder of the test's own."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("AUDIOSTORY_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("AUDIOSTORY_CACHE", str(tmp_path / "cache"))  # the llama.cpp prompt cache
+    for name in ("AUDIOSTORY_PLANNER_API_KEY", "OPENAI_API_KEY"):  # a key of the user's never reaches a test server
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("AUDIOSTORY_DEBUG", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _fp32_on_cpu(monkeypatch):
+    """``--dtype auto`` means fp32 on the CPU in tests, so their numbers do not depend on whether the machine
+    computes bf16 natively (tests/test_devices.py checks that choice itself)."""
+    monkeypatch.setattr("audiostory_cli.devices.cpu_has_native_bf16", lambda *_: False)
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +56,14 @@ def one_thread():
 def tiny_planner(tmp_path_factory):
     with one_thread():
         return build_tiny_planner(tmp_path_factory.mktemp("models") / "planner")
+
+
+@pytest.fixture(scope="session")
+def tiny_planner_gguf(tiny_planner, tmp_path_factory):
+    """The tiny planner (same weights and tokenizer) as one GGUF file, for the llama.cpp engine."""
+    from audiostory_cli.testing.gguf import planner_folder_to_gguf
+
+    return planner_folder_to_gguf(tiny_planner, tmp_path_factory.mktemp("models") / "planner.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -284,6 +284,7 @@ def test_batch_json_lines_with_a_bad_line(run, models, tmp_path):
         "003-a-blacksmith-at-work-the-forge-roars-a-hammer.wav",
         "harbor.wav",
         "library.flac",
+        "manifest.jsonl",
     ]
     stderr = " ".join(result.stderr.split())
     assert "line 2: the prompt is empty" in stderr
@@ -550,3 +551,14 @@ def test_convert_writes_the_diffusers_layout_once(run, tiny_sa3_original, tmp_pa
     assert result.stdout.strip() == str(out) and (out / "model_index.json").is_file()
     again = run("convert", tiny_sa3_original, "-o", out)
     assert again.exit_code == 1 and "converted" in again.stderr
+
+
+def test_batch_size_auto_renders_what_a_fixed_batch_size_renders(run, tiny_decoder, short_plan, tmp_path):
+    for name, size in (("auto", "auto"), ("one", "1")):
+        out = tmp_path / f"{name}.wav"
+        result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, "--batch-size", size, *FAST)
+        assert result.exit_code == 0, result.output
+    (auto, _), (one, _) = _audio(tmp_path / "auto.wav"), _audio(tmp_path / "one.wav")
+    assert np.linalg.norm(auto - one) / np.linalg.norm(one) < 1e-3  # batching changes float rounding only
+    result = run("render", short_plan, "-o", tmp_path / "x.wav", "--decoder", tiny_decoder, "--batch-size", "0", *FAST)
+    assert result.exit_code == 2 and "auto or a whole number from 1 to 64" in result.output

@@ -7,15 +7,18 @@ under ``decoders/`` and one line in ``DECODER_BACKENDS``; nothing else learns it
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, NamedTuple
 
 from .checkpoints import ModelKind, resolve
 from .errors import InputError, ModelLoadError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
+
+    from .settings import RenderOptions
 
     from .decoders.base import Decoder, DecoderBackend, DecoderCaps
 
@@ -80,8 +83,75 @@ def convert_decoder(ref: str, out_dir: Path) -> Path:
     return convert(folder, Path(out_dir))
 
 
-def load_planner(ref: str, *, device: torch.device, dtype: torch.dtype):
-    """Load the planner LLM ``ref`` names (a folder, a hub id or a .gguf file)."""
-    from .planner import Planner
+def load_planner(
+    ref: str, *, device: torch.device, dtype: torch.dtype, model_name: str | None = None, engine: str | None = None,
+    hidden_states: bool = False,
+):  # fmt: skip
+    """Load the planner ``ref`` names (a folder, a hub id, a .gguf file or an OpenAI-compatible server URL)
+    with the engine that serves it (``planners.engine_for``; ``engine`` overrides). ``hidden_states``: the
+    caller (a trained bridge, train-bridge) reads the LLM's hidden states, which only transformers gives."""
+    from .planners import engine_for
+    from .planners import load_planner as load
 
-    return Planner.load(ref, device=device, dtype=dtype)
+    if hidden_states:
+        chosen = engine_for(ref, engine)
+        if chosen == "openai_http" or engine not in (None, "transformers"):
+            raise InputError(
+                f"a trained bridge reads the planner LLM's hidden states, which the {chosen} engine does not give",
+                hint="use a transformers planner with --bridge and train-bridge: a folder, a hub id or a .gguf file",
+            )
+        engine = "transformers"
+    return load(ref, device=device, dtype=dtype, model_name=model_name, engine=engine)
+
+
+class Models(NamedTuple):
+    """What a command loads once."""
+
+    planner: Any  # a Planner (or the AudioStory checkpoint's); None when not needed
+    decoder: Any  # a Decoder; None when not needed
+    conditioner: Any  # a Conditioner: residual fusion (with a trained bridge or not), or the checkpoint's
+
+
+def load_models(
+    options: RenderOptions, *, device: torch.device, dtype: torch.dtype, need_planner: bool = True,
+    need_decoder: bool = True, bridge_planner: str | None = None, planner_model: str | None = None,
+    planner_engine: str | None = None, status: Callable[[str], ContextManager] | None = None,
+) -> Models:  # fmt: skip
+    """Load what ``options`` names, once: the AudioStory checkpoint alone (``--model``), or a planner, a decoder
+    and the conditioner (with its trained bridge). ``bridge_planner``: for render, the planner a bridge reads
+    (default: the one it was trained with). ``status(message)``: a context around each load (the CLI's spinner)."""
+    from .checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+    from .conditioning.residual import ResidualConditioner
+
+    status = status or (lambda _: contextlib.nullcontext())
+    if options.model is not None:
+        from .models.audiostory.fusion import AudioStoryConditioner
+        from .models.audiostory.load import AudioStoryModel
+
+        with status(f"loading AudioStory model {options.model}"):
+            loaded = AudioStoryModel.load(options.model, device=device, dtype=dtype)
+        return Models(loaded.planner, loaded.decoder, AudioStoryConditioner(loaded))
+
+    def planner_from(ref: str, **kwargs):
+        with status(f"loading planner {ref}"):
+            return load_planner(ref, device=device, dtype=dtype, **kwargs)
+
+    bridged = options.bridge is not None  # a trained bridge reads the planner's hidden states
+    planner = None
+    if need_planner:
+        planner = planner_from(options.planner or DEFAULT_PLANNER, model_name=planner_model, engine=planner_engine,
+                               hidden_states=bridged)  # fmt: skip
+    decoder = None
+    if need_decoder:
+        ref = options.decoder or DEFAULT_DECODER
+        with status(f"loading decoder {ref}"):
+            decoder = load_decoder(ref, device=device, dtype=dtype)
+    trained_bridge = None
+    if bridged:
+        from .conditioning.trained_bridge import BridgeAdapter, TrainedBridge
+
+        if planner is None:  # render: the planner the bridge was trained with, unless --planner says
+            planner = planner_from(bridge_planner or BridgeAdapter.read_config(options.bridge).planner,
+                                   hidden_states=True)  # fmt: skip
+        trained_bridge = TrainedBridge.load(options.bridge, planner)
+    return Models(planner, decoder, ResidualConditioner(options.coherence, trained_bridge))

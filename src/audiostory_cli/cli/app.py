@@ -7,7 +7,7 @@ An ``AudiostoryError`` becomes one red line on stderr and exit 1; usage errors e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NamedTuple, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,7 +16,7 @@ from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from ..errors import AudiostoryError, ModelNotFoundError
 from ..settings import RenderOptions
 from ..story import MAX_EVENTS, StoryRequest, default_max_events, load_plan, plan_to_json
-from .display import ProgressView, errors, print_result, show_plan, show_summary, stderr
+from .display import ProgressView, errors, print_result, show_actors, show_plan, show_record, show_summary, stderr
 from .options import (
     BatchSizeOpt,
     BridgeOpt,
@@ -30,6 +30,8 @@ from .options import (
     JsonOpt,
     LoudnessOpt,
     ModelOpt,
+    PlannerEngineOpt,
+    PlannerModelOpt,
     PlannerOpt,
     SeedOpt,
     StepsOpt,
@@ -55,12 +57,6 @@ app = typer.Typer(
 # --- loading ---------------------------------------------------------------------------------------------
 
 
-class Models(NamedTuple):
-    planner: object | None  # a Planner (or the AudioStory checkpoint's), None when not needed
-    decoder: object | None  # a Decoder, None when not needed
-    conditioner: object  # a Conditioner: residual fusion (with a trained bridge or not), or the checkpoint's
-
-
 def _hardware(device: str, dtype: str):
     from ..devices import resolve_device, resolve_dtype
 
@@ -69,20 +65,6 @@ def _hardware(device: str, dtype: str):
 
     torch_device = resolve_device(device, notify=notify)
     return torch_device, resolve_dtype(dtype, torch_device, notify=notify)
-
-
-def _load_planner(ref: str, device, dtype):
-    from ..registry import load_planner
-
-    with stderr.status(f"loading planner {ref}"):
-        return load_planner(ref, device=device, dtype=dtype)
-
-
-def _load_decoder(ref: str, device, dtype):
-    from ..registry import load_decoder
-
-    with stderr.status(f"loading decoder {ref}"):
-        return load_decoder(ref, device=device, dtype=dtype)
 
 
 def _check_capabilities(options: RenderOptions, *, dry_run: bool = False):
@@ -108,29 +90,11 @@ def _check_capabilities(options: RenderOptions, *, dry_run: bool = False):
     return caps
 
 
-def _load_models(options: RenderOptions, device, dtype, *, need_planner: bool = True, need_decoder: bool = True,
-                 bridge_planner: str | None = None) -> Models:  # fmt: skip
-    """Load what the command needs once: ``--model`` alone, or planner, decoder and bridge.
-    ``bridge_planner``: for render, the planner a bridge reads (default: the one it was trained with)."""
-    from ..conditioning.residual import ResidualConditioner
+def _load_models(options: RenderOptions, device, dtype, **needs):
+    """``registry.load_models`` with a spinner on stderr for each model."""
+    from ..registry import load_models
 
-    if options.model is not None:
-        from ..models.audiostory.fusion import AudioStoryConditioner
-        from ..models.audiostory.load import AudioStoryModel
-
-        with stderr.status(f"loading AudioStory model {options.model}"):
-            loaded = AudioStoryModel.load(options.model, device=device, dtype=dtype)
-        return Models(loaded.planner, loaded.decoder, AudioStoryConditioner(loaded))
-    planner = _load_planner(options.planner or DEFAULT_PLANNER, device, dtype) if need_planner else None
-    decoder = _load_decoder(options.decoder or DEFAULT_DECODER, device, dtype) if need_decoder else None
-    trained_bridge = None
-    if options.bridge is not None:
-        from ..conditioning.trained_bridge import BridgeAdapter, TrainedBridge
-
-        if planner is None:  # render: the planner the bridge was trained with, unless --planner says
-            planner = _load_planner(bridge_planner or BridgeAdapter.read_config(options.bridge).planner, device, dtype)
-        trained_bridge = TrainedBridge.load(options.bridge, planner)
-    return Models(planner, decoder, ResidualConditioner(options.coherence, trained_bridge))
+    return load_models(options, device=device, dtype=dtype, status=stderr.status, **needs)
 
 
 def _bridge_ref(path: Optional[Path]) -> Optional[str]:
@@ -167,6 +131,8 @@ def generate(
     continuation: ContinuationOpt = None,
     bridge_path: BridgeOpt = None,
     planner: PlannerOpt = None,
+    planner_model: PlannerModelOpt = None,
+    planner_engine: PlannerEngineOpt = None,
     decoder: DecoderOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -186,7 +152,8 @@ def generate(
     with errors():
         caps = _check_capabilities(options, dry_run=dry_run)
         torch_device, torch_dtype = _hardware(device, dtype)
-        models = _load_models(options, torch_device, torch_dtype, need_decoder=not dry_run)
+        models = _load_models(options, torch_device, torch_dtype, need_decoder=not dry_run,
+                              planner_model=planner_model, planner_engine=planner_engine)  # fmt: skip
         window_s = models.decoder.caps.window_s if models.decoder else caps.window_s
         max_event_s = longest_event_s(window_s, options.crossfade_s)
         request = StoryRequest(
@@ -282,15 +249,30 @@ def batch(
     continuation: ContinuationOpt = None,
     bridge_path: BridgeOpt = None,
     planner: PlannerOpt = None,
+    planner_model: PlannerModelOpt = None,
+    planner_engine: PlannerEngineOpt = None,
     decoder: DecoderOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Render every line again, finished stories included "
+                     "(a finished story: its audio and plan are in the folder, made for the same request).")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray", metavar="auto|local|ADDRESS", help="Run on a Ray "
+                           "cluster through Ray Data, one actor per GPU (needs the ray extra): auto: the running "
+                           "cluster (RAY_ADDRESS or `ray start`); local: a new one on this machine; or its "
+                           "address. Every node must see --outdir at the same path.")] = None,
+    overlap: Annotated[Optional[bool], typer.Option("--overlap/--no-overlap", help="Plan the next story while "
+                       "the decoder renders this one (local runs; never with --bridge or --model, whose "
+                       "conditioning runs the planner's LLM). The samples are the same either way [default: on a "
+                       "GPU; off on a CPU, where both stages want the same cores].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate one story per prompt; models load once. A bad prompt is reported and skipped; exit 1 if any
-    failed."""
-    from ..batch.local import generate_batch, read_prompts_file
+    """Generate one story per prompt; models load once. Resumable: a story already in the folder (audio and
+    plan, same request) is skipped, so running the command again finishes what a killed run left. Each line's
+    outcome is appended to DIR/manifest.jsonl. A bad prompt is reported and skipped; exit 1 if any failed."""
+    from ..batch.local import BatchRun, BatchSettings, ModelSpec, load_batch_models, make_tasks, run_local
+    from ..batch.local import with_default_refs
+    from ..batch.prompts import read_prompts_file
 
     options = render_options(
         seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
@@ -303,26 +285,37 @@ def batch(
         items = read_prompts_file(prompts_file)
         if outdir.exists() and not outdir.is_dir():
             raise AudiostoryError(f"--outdir {outdir} is a file", hint="give a folder")
+        if ray_address is not None:
+            from ..batch.ray import import_ray
+
+            import_ray()  # a missing extra is one line, before anything else happens
         _check_capabilities(options)
-        torch_device, torch_dtype = _hardware(device, dtype)
-        models = _load_models(options, torch_device, torch_dtype)
-        outdir.mkdir(parents=True, exist_ok=True)
+        settings = BatchSettings(
+            outdir=outdir.expanduser().resolve(), options=with_default_refs(options), default_duration_s=duration,
+            max_events=max_events, extension=extension, batch_size=batch_size, force=force, planner_model=planner_model,
+        )  # fmt: skip
+        tasks = make_tasks(items, settings)
+        spec = ModelSpec(settings.options, device=device, dtype=dtype, planner_model=planner_model,
+                         planner_engine=planner_engine)  # fmt: skip
+        with BatchRun(tasks, settings, on_record=show_record) as run:
+            if run.cleaned:
+                stderr.print(f"removed {len(run.cleaned)} temporary files a killed run left in {settings.outdir}")
+            if run.todo and ray_address is not None:
+                from ..batch.ray import run_on_ray
 
-        def report(outcome) -> None:
-            where = outcome.result.audio_path if outcome.result else outcome.error
-            colour = "green" if outcome.result else "red"
-            stderr.print(f"[{colour}]line {outcome.item.line}[/]: {where}", soft_wrap=True)
-
-        with ProgressView() as view:
-            outcomes = generate_batch(
-                models.planner, models.decoder, models.conditioner, items, outdir, default_duration_s=duration,
-                options=options, max_events=max_events, extension=extension, batch_size=batch_size,
-                progress=view, on_outcome=report,
-            )  # fmt: skip
-        show_summary(outcomes, as_json)
-        failed = sum(o.result is None for o in outcomes)
+                records = run_on_ray(run, spec, ray_address, on_start=show_actors)
+            elif run.todo:
+                _hardware(device, dtype)  # says which device --device auto picked
+                with stderr.status(f"loading models for {len(run.todo)} stories"):
+                    models = load_batch_models(spec)
+                with ProgressView() as view:
+                    records = run_local(run, models, overlap=overlap, progress=view)
+            else:
+                records = run.results()
+        show_summary(records, settings.outdir, as_json)
+        failed = sum(r.status == "failed" for r in records)
         if failed:
-            stderr.print(f"[bold red]error:[/] {failed} of {len(outcomes)} prompts failed")
+            stderr.print(f"[bold red]error:[/] {failed} of {len(records)} prompts failed")
             raise typer.Exit(1)
 
 
@@ -351,13 +344,17 @@ def train_bridge_command(
     """Train a bridge (AudioStory's semantic alignment): the planner LLM's states at learned queries appended
     after each caption, projected onto the decoder's T5 features of that caption. Use it with --bridge."""
     from ..conditioning.trained_bridge import STATE_FILE
+    from ..registry import load_decoder, load_planner
     from ..training.bridge import read_captions, train_bridge
 
     with errors():
         texts = read_captions(captions)
         torch_device, torch_dtype = _hardware(device, dtype)
-        story_planner = _load_planner(planner or DEFAULT_PLANNER, torch_device, torch_dtype)
-        story_decoder = _load_decoder(decoder or DEFAULT_DECODER, torch_device, torch_dtype)
+        planner_ref, decoder_ref = planner or DEFAULT_PLANNER, decoder or DEFAULT_DECODER
+        with stderr.status(f"loading planner {planner_ref}"):
+            story_planner = load_planner(planner_ref, device=torch_device, dtype=torch_dtype, hidden_states=True)
+        with stderr.status(f"loading decoder {decoder_ref}"):
+            story_decoder = load_decoder(decoder_ref, device=torch_device, dtype=torch_dtype)
         try:
             with ProgressView() as view:
                 result = train_bridge(

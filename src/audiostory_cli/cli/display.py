@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
@@ -31,7 +33,7 @@ def errors() -> Iterator[None]:
     except AudiostoryError as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        stderr.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)  # "[ray]" is text, not a style
         stderr.print(f"[dim](set {DEBUG_ENV}=1 for the full traceback)[/]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -96,18 +98,37 @@ def print_result(result, as_json: bool) -> None:
     stderr.print(f"wrote {result.audio_path} ({result.duration_s:.2f} s) and {result.plan_path}")
 
 
-def show_summary(outcomes, as_json: bool) -> None:
+_STATUS_COLOURS = {"ok": "green", "skipped": "cyan", "failed": "red"}
+
+
+def show_record(record) -> None:
+    """One batch line's outcome on stderr, the moment it is known."""
+    colour = _STATUS_COLOURS[record.status]
+    what = record.error if record.status == "failed" else f"{record.status}: {record.output}"
+    stderr.print(f"[{colour}]line {record.line}[/]: {escape(what)}", soft_wrap=True)
+
+
+def show_actors(plan) -> None:
+    """How a Ray run spreads the stories."""
+    per_actor = "1 GPU" if plan.num_gpus else f"{plan.num_cpus:g} CPUs"
+    stderr.print(f"ray: {plan.actors} story actor(s) on {plan.device}, {per_actor} each")
+
+
+def show_summary(records, outdir: Path, as_json: bool) -> None:
+    """The table on stderr; on stdout each finished story's audio path, or with ``--json`` each record
+    exactly as the manifest has it."""
     table = Table(title="batch summary", title_justify="left")
     for column in ("line", "prompt", "status", "output or error", "seconds"):
         table.add_column(column)
-    for o in outcomes:
-        status = "[green]ok[/]" if o.result else "[red]failed[/]"
-        where = str(o.result.audio_path) if o.result else o.error
-        table.add_row(str(o.item.line), o.item.prompt[:40], status, where, f"{o.seconds:.1f}")
+    for r in records:
+        where = r.error if r.status == "failed" else str(outdir / r.output)
+        status = f"[{_STATUS_COLOURS[r.status]}]{r.status}[/]"
+        table.add_row(str(r.line), escape(r.prompt[:40]), status, escape(where), f"{r.seconds:.1f}")
     stderr.print(table)
-    for o in outcomes:
+    counts = {status: sum(r.status == status for r in records) for status in _STATUS_COLOURS}
+    stderr.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; manifest: {outdir / 'manifest.jsonl'}")
+    for r in records:
         if as_json:
-            typer.echo(json.dumps({"line": o.item.line, "prompt": o.item.prompt,
-                                   "audio": str(o.result.audio_path) if o.result else None, "error": o.error}))
-        elif o.result:
-            typer.echo(str(o.result.audio_path))
+            typer.echo(r.to_json())
+        elif r.status != "failed":
+            typer.echo(str(outdir / r.output))

@@ -13,9 +13,10 @@ from typing import Annotated, Optional
 import typer
 
 from .. import audio_io
-from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER, canonical_ref
 from ..devices import DEVICE_CHOICES, DTYPE_CHOICES
 from ..errors import InputError
+from ..planners import ENGINES as PLANNER_ENGINES
 from ..settings import DEFAULT_COHERENCE, DEFAULT_CROSSFADE_S, WINDOWS, RenderOptions
 from ..story import check_prompt as story_check_prompt
 from ..story import check_total_s
@@ -68,6 +69,9 @@ def render_options(saved: RenderOptions | None = None, **given) -> RenderOptions
     RenderOptions fields, None where the option was not given. A decoder or bridge given on the command
     line replaces a saved AudioStory model, and a model given replaces a saved decoder and bridge."""
     values = {name: value for name, value in given.items() if value is not None}
+    for name in ("decoder", "planner", "bridge", "model"):  # saved as absolute paths: render works from anywhere
+        if name in values:
+            values[name] = canonical_ref(values[name])
     base = saved or RenderOptions()
     if {"decoder", "bridge"} & values.keys():
         base = replace(base, model=None)
@@ -92,8 +96,21 @@ DecoderOpt = Annotated[
 ]  # fmt: skip
 PlannerOpt = Annotated[
     Optional[str],
-    typer.Option("--planner", help=f"Planner LLM: a folder, a .gguf file or a hub id of a chat model [default: "
-                 f"{DEFAULT_PLANNER}]."),
+    typer.Option("--planner", help=f"Planner LLM: a folder, a .gguf file or a hub id of a chat model, or the "
+                 f"http(s)://…/v1 URL of an OpenAI-compatible server [default: {DEFAULT_PLANNER}]."),
+]  # fmt: skip
+PlannerModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--planner-model", metavar="NAME", help="With an http(s)://…/v1 --planner: the model on that "
+                 "server [default: the first it lists]. The key comes from AUDIOSTORY_PLANNER_API_KEY or "
+                 "OPENAI_API_KEY."),
+]  # fmt: skip
+PlannerEngineOpt = Annotated[
+    Optional[str],
+    typer.Option("--planner-engine", callback=one_of(PLANNER_ENGINES), help="What runs --planner: transformers, "
+                 "llama_cpp or openai_http [default: by the reference: a .gguf file -> llama_cpp, an http(s):// "
+                 "URL -> openai_http, else transformers]. transformers also loads a .gguf file (slow; needs the "
+                 "gguf extra)."),
 ]  # fmt: skip
 ModelOpt = Annotated[
     Optional[str],
@@ -129,9 +146,19 @@ WindowOpt = Annotated[
                                 "frames a clip needs; full: always the model's whole window (TangoFlux: 30 s, "
                                 "upstream's behaviour, slower) [default: auto; render: the plan's saved value]."),
 ]  # fmt: skip
+def check_batch_size(value):
+    """``auto`` (what fits the device's free memory) or a whole number of clips, 1 to 64."""
+    if str(value) == "auto":
+        return "auto"
+    if not str(value).isdigit() or not 1 <= int(value) <= 64:
+        raise typer.BadParameter(f"{value!r} is not auto or a whole number from 1 to 64")
+    return int(value)
+
+
 BatchSizeOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, max=64, help="Clips denoised together (lower it if memory runs out; "
-                      "does not change the audio)."),
+    str, typer.Option("--batch-size", callback=check_batch_size, help="Clips denoised together, or auto: as "
+                      "many as fit the device's free memory (lower it if memory runs out; does not change the "
+                      "audio)."),
 ]  # fmt: skip
 LoudnessOpt = Annotated[
     Optional[float], typer.Option("--loudness", help="Normalise to this integrated loudness in LUFS, e.g. -16 "

@@ -1,6 +1,7 @@
 """Builds tiny random checkpoints in the real on-disk layouts, for tests and demos.
 
-``python -m audiostory_cli.testing DIR`` writes one tiny checkpoint per backend under ``DIR`` (see ``main``).
+``python -m audiostory_cli.testing DIR`` writes one tiny checkpoint per backend under ``DIR`` (see ``main``),
+and the tiny planner again as ``DIR/planner.gguf`` for the llama.cpp engine.
 Every checkpoint loads through the same loaders as real weights, runs in seconds on a CPU and needs no
 network: tokenizers are trained here with the ``tokenizers`` package, weights come from a local
 ``torch.Generator`` (the global RNG is left untouched), so the same seed writes the same files.
@@ -9,6 +10,8 @@ network: tokenizers are trained here with the ``tokenizers`` package, weights co
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 from pathlib import Path
 
 from .audiostory import AUDIOSTORY_LLM_PREFIX, TinyAudioStoryConfig, audiostory_added_tokens, build_tiny_audiostory
@@ -55,5 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, build in builders.items():
         print(build(args.dir / name, seed=args.seed))
+    if importlib.util.find_spec("gguf") is None:  # the gguf writer comes with the test and gguf extras
+        print('skipped planner.gguf: the gguf package is missing (pip install "audiostory-cli[gguf]")', file=sys.stderr)
+    else:  # the same tiny planner as one GGUF file, for the llama.cpp engine
+        from .gguf import planner_folder_to_gguf
+
+        print(planner_folder_to_gguf(args.dir / "planner", args.dir / "planner.gguf"))
 
 
