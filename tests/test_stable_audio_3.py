@@ -3,12 +3,12 @@ events, ``convert``. Tiny random checkpoints (the real hop: 4096 samples a frame
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 
 import numpy as np
 import pytest
+from conftest import one_thread
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -25,16 +25,6 @@ CPU = torch.device("cpu")
 SR = 44100
 
 
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folders(tiny_sa3_folders):
     return tiny_sa3_folders
@@ -42,7 +32,7 @@ def folders(tiny_sa3_folders):
 
 @pytest.fixture(scope="module")
 def decoders(folders):
-    with _one_thread():
+    with one_thread():
         return {name: sa3.load(str(path), path, device=CPU, dtype=torch.float32) for name, path in folders.items()}
 
 
@@ -159,7 +149,7 @@ def test_convert_writes_a_diffusers_folder_that_renders_identically(folders, dec
     out = sa3.convert(folders["original"], tmp_path / "converted")
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "StableAudio3Pipeline"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no temporary folder left beside it
-    with _one_thread():
+    with one_thread():
         converted = sa3.load(str(out), out, device=CPU, dtype=torch.float32)
     request = [_request(0, 1.2, seed=9)]
     assert np.array_equal(_render(converted, request)[0], _render(decoder, request)[0])
@@ -172,7 +162,7 @@ def test_convert_writes_a_diffusers_folder_that_renders_identically(folders, dec
 def test_small_converts_with_same_s_and_renders_identically(folders, decoders, tmp_path):
     out = sa3.convert(folders["small"], tmp_path / "small")
     assert json.loads((out / "model_index.json").read_text())["vae"][1] == "AutoencoderSameS"
-    with _one_thread():
+    with one_thread():
         converted = sa3.load(str(out), out, device=CPU, dtype=torch.float32)
     request = [_request(0, 0.9, seed=2)]
     assert np.array_equal(_render(converted, request)[0], _render(decoders["small"], request)[0])
