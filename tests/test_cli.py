@@ -238,13 +238,17 @@ def test_debug_env_shows_the_traceback(tmp_path, monkeypatch):
 def test_failure_while_writing_leaves_no_audio(run, tiny_decoder, short_plan, tmp_path, monkeypatch):
     from audiostory_cli import audio_io
 
-    def broken(*args, **kwargs):
-        raise OSError("disk full")
+    real = audio_io._write_partial
 
-    monkeypatch.setattr(audio_io, "write_text_atomic", broken)
+    def broken(path, write):  # the audio's partial file is written, then the disk is full for the plan
+        if path.name.endswith(".plan.json"):
+            raise OSError("disk full")
+        return real(path, write)
+
+    monkeypatch.setattr(audio_io, "_write_partial", broken)
     out = tmp_path / "s.wav"
-    with pytest.raises(OSError):
-        run("render", short_plan, "-o", out, "--decoder", tiny_decoder, *FAST)
+    result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, *FAST)
+    assert result.exit_code == 1 and "disk full" in result.stderr  # one line, as any failed write
     assert not out.exists()
     assert _files(tmp_path) == ["short.json"]
 

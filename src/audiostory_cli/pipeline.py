@@ -129,18 +129,14 @@ def render_to_file(
     batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
-    """``render_plan`` then write the audio and ``<name>.plan.json`` (with every setting used), atomically."""
+    """``render_plan`` then write the audio and ``<name>.plan.json`` (with every setting used) as a pair: the
+    audio lands last, so an audio file never stands without the plan that reproduces it."""
     output = audio_io.check_output_path(output)
     track = render_plan(decoder, plan, options, conditioner, batch_size=batch_size, progress=progress)
     rendered = plan.with_render(resolve_options(options, decoder))
     progress(Progress("write", 0, 1, str(output)))
-    audio_io.write_audio(output, track.wave, track.sample_rate)
     plan_path = plan_path_for(output)
-    try:
-        audio_io.write_text_atomic(plan_path, plan_to_json(rendered))
-    except BaseException:
-        output.unlink(missing_ok=True)  # no audio without the plan that reproduces it
-        raise
+    audio_io.write_story_files(output, track.wave, track.sample_rate, plan_path, plan_to_json(rendered))
     progress(Progress("write", 1, 1, str(output)))
     return StoryResult(rendered, output, plan_path, track.duration_s, track.sample_rate)
 
