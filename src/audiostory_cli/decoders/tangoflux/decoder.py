@@ -28,7 +28,7 @@ from ...story import Clip, Progress, ProgressFn, no_progress
 from ..base import ClipRequest, DecoderCaps, TextTokens, fit_length
 from .config import TangoFluxConfig, caps_for, read_tangoflux_config
 from .modules import TangoFluxDiT
-from .schedule import FRAME_BUCKET, ClipGrid, Window, plan_windows
+from .schedule import ClipGrid, Window, plan_windows, window_frames_for
 from .weights import load_dit_weights, load_text_encoder, load_vae
 
 VAE_CONTEXT_FRAMES = 32  # latent frames decoded on each side of a chunk when a clip is longer than a window
@@ -39,15 +39,6 @@ DIT_ACTIVATION_WIDTHS = 24  # live activations of the DiT per token and row, in 
 VAE_BYTES_PER_SAMPLE = 3500  # peak activations of the fp32 Oobleck decoder per output sample (measured)
 MEMORY_SHARE = 0.7  # share of the free memory ``max_batch_size`` plans to use
 MAX_TEXT_TOKENS = 64  # captions are cut to this many T5 tokens (TangoFlux's max_text_seq_len)
-
-
-@dataclass(frozen=True)
-class _LatentTrack:
-    """What a rendered clip leaves for the clip that continues it."""
-
-    origin_sample: int  # timeline sample where latent frame 0 starts
-    latents: torch.Tensor  # [frames, channels] final latents
-    end_sample: int  # timeline sample where the clip's audio ends
 
 
 class TangoFluxDecoder:
@@ -125,10 +116,7 @@ class TangoFluxDecoder:
                 f"({self.max_clip_s:.2f} s)",
                 hint="split the event into shorter events",
             )
-        if window == "full":
-            return self.config.audio_seq_len
-        needed = math.ceil(n_samples / self.hop_samples)
-        return min(self.config.audio_seq_len, math.ceil(needed / FRAME_BUCKET) * FRAME_BUCKET)
+        return window_frames_for(math.ceil(n_samples / self.hop_samples), self.config.audio_seq_len, window)
 
     def max_batch_size(self) -> int:
         """Full windows that fit one denoising batch in the memory free now (two rows each with guidance),

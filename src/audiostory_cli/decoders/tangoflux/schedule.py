@@ -74,7 +74,7 @@ def plan_windows(
         total = math.ceil((shift + request.n_samples) / hop)
         mine, start, part = [], 0, 0
         while True:
-            frames = _frames(total - start, full, window)
+            frames = window_frames_for(total - start, full, window)
             content = shift + request.n_samples - start * hop  # audio samples still to come from here on
             seconds = min(content, frames * hop) / sample_rate
             seed = request.seed if part == 0 else clip_seed(request.seed, part)
@@ -92,7 +92,7 @@ def plan_windows(
     return windows, grids
 
 
-def _frames(needed: int, full: int, window: str) -> int:
+def window_frames_for(needed: int, full: int, window: str) -> int:
     """Frames a window denoises when ``needed`` frames remain: the bucket above, or the full window."""
     if window == "full" or needed >= full:
         return full
