@@ -119,16 +119,16 @@ def accepts(planner):
 
 
 def _answer(n_events=1, caption="x" * LIMITS.caption_max_chars, duration=1, reasoning="x" * LIMITS.reasoning_chars,
-            ambience=""):  # fmt: skip
+            ambience="", setting="a harbor at dawn"):  # fmt: skip
     event = {"caption": caption, "duration_s": duration, "tone": "x" * LIMITS.tone_chars}
     answer = {"reasoning": reasoning, "tone": "x" * LIMITS.tone_chars, "events": [event] * n_events,
-              "background_sound": ambience}  # fmt: skip
-    return json.dumps(answer, ensure_ascii=False)
+              "setting": setting, "background_sound": ambience}  # fmt: skip
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_grammar_admits_the_longest_answer_within_the_token_budget(accepts):
     request = StoryRequest(HARBOR, 7.3, max_events=5)
-    longest = _answer(5, duration=8, ambience="x" * LIMITS.caption_max_chars)
+    longest = _answer(5, duration=8, ambience="x" * LIMITS.caption_max_chars, setting="x" * LIMITS.setting_chars)
     assert accepts(request, longest)
     assert len(longest) + 1 == max_answer_tokens(request)  # every token adds a byte; + the stop token
 
@@ -149,7 +149,11 @@ def test_grammar_admits_the_longest_answer_within_the_token_budget(accepts):
         _answer(duration=2.5),  # whole seconds
         _answer(ambience="ab"),  # the ambience is a caption or ""
         _answer(ambience=" rain"),
-        _answer().replace(', "background_sound": ""', ""),  # always written, "" or not
+        _answer().replace(',"background_sound":""', ""),  # always written, "" or not
+        _answer(setting=""),  # the place comes first, in a few words
+        _answer(setting="x" * (LIMITS.setting_chars + 1)),
+        _answer().replace('"setting":"a harbor at dawn",', ""),
+        json.dumps(json.loads(_answer())),  # spaced: the answer is written as the examples are
     ],
     ids=[
         "6-events",
@@ -166,6 +170,10 @@ def test_grammar_admits_the_longest_answer_within_the_token_budget(accepts):
         "ambience-2",
         "ambience-space-first",
         "no-ambience",
+        "setting-empty",
+        "setting-61",
+        "no-setting",
+        "spaced",
     ],
 )
 def test_grammar_enforces_the_bounds(accepts, answer):
@@ -270,6 +278,7 @@ def test_no_ambience_when_the_plan_would_pass_the_event_limit():
     request = StoryRequest(HARBOR, 600.0, max_events=64, max_event_s=9.9)
     assert not has_ambience(request) and "background_sound" not in plan_schema(request)["properties"]
     assert all("background_sound" not in m["content"] for m in plan_prompt_messages(request))
+    assert all('"setting"' not in m["content"] for m in plan_prompt_messages(request))
     assert has_ambience(StoryRequest(HARBOR, 60.0, max_event_s=28.9))
 
 
@@ -312,7 +321,8 @@ def test_messages_ask_for_sounds_heard_and_the_total():
     assert "waves break on pebbles" in system and "the hero feels relieved" in system
     assert "7.3 seconds" in request and "at most 5" in request
     assert HARBOR in request and "calm" in request
-    assert "background_sound, written after the events, is a caption too" in system
+    assert "setting, written after the events, is where the story happens" in system
+    assert "background_sound is a caption too" in system
     for (example, answer), shown in zip(planner_module.EXAMPLES, (messages[2], messages[4])):
         assert json.loads(shown["content"]) == answer  # each example answer is a valid plan for its request
         assert_fills_total(plan_from_answer(shown["content"], example), example)

@@ -18,11 +18,12 @@ import numpy as np
 
 from ..errors import PlanError
 from ..story import Progress, ProgressFn
+from .base import ANSWER_SEPARATORS
 
-JSON_OPTIONS = {  # the separators of json.dumps: the example answer in the chat is written the same way
+JSON_OPTIONS = {  # the separators of the example answers in the chat (base.ANSWER_SEPARATORS)
     "whitespace_flexible": False,
-    "item_separator": ", ",
-    "key_separator": ": ",
+    "item_separator": ANSWER_SEPARATORS[0],
+    "key_separator": ANSWER_SEPARATORS[1],
 }
 NextLogits = Callable[[Sequence[int]], np.ndarray]  # feed these ids, get the last position's logits [vocab]
 
