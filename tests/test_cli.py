@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from audiostory_cli.decoders.tangoflux.decoder import TangoFluxDecoder
@@ -558,7 +559,7 @@ def test_convert_writes_the_diffusers_layout_once(run, tiny_sa3_original, tmp_pa
 
 
 def test_batch_size_auto_renders_what_a_fixed_batch_size_renders(run, tiny_decoder, short_plan, tmp_path):
-    for name, size in (("auto", "auto"), ("one", "1")):
+    for name, size in (("auto", "auto"), ("one", "4")):  # auto is 1 on a CPU
         out = tmp_path / f"{name}.wav"
         result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, "--batch-size", size, *FAST)
         assert result.exit_code == 0, result.output
@@ -566,3 +567,15 @@ def test_batch_size_auto_renders_what_a_fixed_batch_size_renders(run, tiny_decod
     assert np.linalg.norm(auto - one) / np.linalg.norm(one) < 1e-3  # batching changes float rounding only
     result = run("render", short_plan, "-o", tmp_path / "x.wav", "--decoder", tiny_decoder, "--batch-size", "0", *FAST)
     assert result.exit_code == 2 and "auto or a whole number from 1 to 64" in result.output
+
+
+def test_auto_batch_size_is_one_clip_on_a_cpu_and_the_memory_estimate_elsewhere():
+    from types import SimpleNamespace
+
+    from audiostory_cli.pipeline import FALLBACK_BATCH_SIZE, MAX_AUTO_BATCH_SIZE, auto_batch_size
+
+    assert auto_batch_size(SimpleNamespace(device=torch.device("cpu"), max_batch_size=lambda: 12)) == 1
+    assert auto_batch_size(SimpleNamespace(device=torch.device("cuda:1"), max_batch_size=lambda: 12)) == 12
+    assert auto_batch_size(SimpleNamespace(device="cuda", max_batch_size=lambda: 99)) == MAX_AUTO_BATCH_SIZE
+    assert auto_batch_size(SimpleNamespace(device="cuda", max_batch_size=lambda: 0)) == 1
+    assert auto_batch_size(SimpleNamespace(device="mps")) == FALLBACK_BATCH_SIZE

@@ -81,3 +81,26 @@ def test_text_encoder_keys_in_the_dit_file_load_strictly(tiny_decoder, tmp_path)
     save_file(full, str(broken / "tangoflux.safetensors"))
     with pytest.raises(ModelLoadError, match="text_encoder keys do not match the T5 encoder: missing"):
         load_decoder(str(broken), device=CPU, dtype=torch.float32)
+
+
+def test_the_prepared_vae_decodes_exactly_what_diffusers_oobleck_decodes(tiny_decoder):
+    from diffusers import AutoencoderOobleck
+
+    from audiostory_cli.decoders.tangoflux.weights import InPlaceSnake, load_vae
+
+    path = tiny_decoder / "vae.safetensors"
+    plain = AutoencoderOobleck.from_config(load_vae(path).config).eval()
+    plain.load_state_dict(load_file(path))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # snake log-scales away from 0 (alpha = beta = 1), where a changed formula would show
+        for name, param in plain.named_parameters():
+            if name.endswith(("alpha", "beta")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    fast = load_vae(path).eval()  # the same file: its convs hold the folded weights
+    snakes = {k: v for k, v in plain.state_dict().items() if k.endswith(("alpha", "beta"))}
+    assert fast.load_state_dict(snakes, strict=False).unexpected_keys == []
+    assert any(isinstance(m, InPlaceSnake) for m in fast.modules())
+    assert not any(hasattr(m, "weight_g") for m in fast.modules())
+    latents = torch.randn(1, plain.config.decoder_input_channels, 12, generator=generator)
+    with torch.inference_mode():
+        assert torch.equal(fast.decode(latents).sample, plain.decode(latents).sample)

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from .decoders.base import Decoder
 
 EVENT_MARGIN_S = 0.05  # planned events stay this far below the decoder window, for rounding to milliseconds
-DEFAULT_BATCH_SIZE = 4  # clips denoised together
+DEFAULT_BATCH_SIZE = "auto"  # clips denoised together: what suits the device (``auto_batch_size``)
+FALLBACK_BATCH_SIZE = 4  # "auto" for a decoder on an accelerator that cannot estimate its memory
+CPU_BATCH_SIZE = 1  # "auto" on a CPU: batching gains nothing there, one clip (and its guidance row) at a time
+#   is ~5-10 % faster a clip than four together (real-size TangoFlux DiT, 2 cores: benchmarks/README.md)
 MAX_AUTO_BATCH_SIZE = 16  # ``batch_size="auto"`` never goes above this (past it a batch gains nothing)
 
 
@@ -46,11 +49,15 @@ def longest_event_s(clip_window_s: float, crossfade_s: float) -> float:
 
 
 def auto_batch_size(decoder: Decoder) -> int:
-    """Clips denoised together that fit the device's free memory: the decoder's own estimate
-    (``max_batch_size``) when it has one, capped at ``MAX_AUTO_BATCH_SIZE``; else ``DEFAULT_BATCH_SIZE``."""
+    """Clips denoised together: on a CPU ``CPU_BATCH_SIZE``; on an accelerator as many as fit its free memory,
+    the decoder's own estimate (``max_batch_size``) capped at ``MAX_AUTO_BATCH_SIZE``, else
+    ``FALLBACK_BATCH_SIZE``."""
+    device = getattr(decoder, "device", None)
+    if device is not None and str(device).split(":")[0] == "cpu":
+        return CPU_BATCH_SIZE
     estimate = getattr(decoder, "max_batch_size", None)
     if estimate is None:
-        return DEFAULT_BATCH_SIZE
+        return FALLBACK_BATCH_SIZE
     return max(1, min(MAX_AUTO_BATCH_SIZE, estimate()))
 
 
@@ -81,7 +88,7 @@ def render_plan(
     progress: ProgressFn = no_progress,
 ) -> Track:
     """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``.
-    ``batch_size``: clips denoised together, or ``"auto"`` (``auto_batch_size``); it does not change the audio."""
+    ``batch_size``: clips denoised together, or ``"auto"`` (``auto_batch_size``); it changes the audio by float rounding only."""
     # 1. The settings used, and how long each clip must be (its span plus the crossfade tail), and where.
     options = resolve_options(options, decoder)
     sample_rate = decoder.caps.sample_rate

@@ -50,7 +50,7 @@ class BatchSettings:
     default_duration_s: float  # length of a story whose line gives none
     max_events: int | None = None  # most events per story; None: enough for the duration (default_max_events)
     extension: str = ".wav"  # of the derived file names
-    batch_size: int = DEFAULT_BATCH_SIZE  # clips denoised together
+    batch_size: int | str = DEFAULT_BATCH_SIZE  # clips denoised together, or "auto"
     force: bool = False  # render finished stories again
     planner_model: str | None = None  # --planner-model (a model on a planner server): part of each recorded request
 

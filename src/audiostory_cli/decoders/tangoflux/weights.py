@@ -54,12 +54,51 @@ def load_dit_weights(dit: TangoFluxDiT, text_encoder: nn.Module, path: Path) -> 
 
 
 def load_vae(path: Path):
-    """The Oobleck VAE from a safetensors file, its sizes read off the weights, loaded strictly (fp32, CPU)."""
+    """The Oobleck VAE from a safetensors file, its sizes read off the weights, loaded strictly (fp32, CPU),
+    made ready for inference (``prepare_vae``)."""
     from diffusers import AutoencoderOobleck
     state = read_safetensors(path)
     vae = AutoencoderOobleck(**_oobleck_config(state, path))
     strict_load(vae, state, path)
+    return prepare_vae(vae)
+
+
+def prepare_vae(vae: nn.Module) -> nn.Module:
+    """The same VAE, computing the same numbers, faster: every weight norm folded into its conv once (diffusers
+    recomputes it at every call) and every snake activation done in place (``InPlaceSnake``). On 2 CPU cores
+    this takes ~25 % off a decode (``benchmarks/speed.py``'s VAE column), with the output bit for bit the same."""
+    from diffusers.models.autoencoders.autoencoder_oobleck import Snake1d
+
+    for module in vae.modules():
+        if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+            torch.nn.utils.remove_weight_norm(module)
+    for parent in list(vae.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, Snake1d):
+                setattr(parent, name, InPlaceSnake(child))
     return vae
+
+
+class InPlaceSnake(nn.Module):
+    """diffusers' ``Snake1d``, ``x + sin(alpha x)^2 / (beta + 1e-9)``, in one buffer: the same operations in the
+    same order (so the same floats), without the four full-size temporaries that dominate it on a CPU (at
+    44.1 kHz the last layers' activations are ~100 MB a second of audio, allocated and page-faulted anew)."""
+
+    def __init__(self, snake: nn.Module) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.logscale = snake.alpha, snake.beta, snake.logscale
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(shape[0], shape[1], -1)
+        alpha = torch.exp(self.alpha) if self.logscale else self.alpha
+        beta = torch.exp(self.beta) if self.logscale else self.beta
+        y = alpha * x
+        y.sin_()
+        y.mul_(y)
+        y.mul_((beta + 1e-9).reciprocal())
+        y.add_(x)
+        return y.reshape(shape)
 
 
 def _oobleck_config(state: dict[str, torch.Tensor], path: Path) -> dict:
