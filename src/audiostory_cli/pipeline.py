@@ -88,7 +88,8 @@ def render_plan(
     progress: ProgressFn = no_progress,
 ) -> Track:
     """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``.
-    ``batch_size``: clips denoised together, or ``"auto"`` (``auto_batch_size``); it changes the audio by float rounding only."""
+    ``batch_size``: clips denoised together, or ``"auto"`` (``auto_batch_size``); it changes the audio by float
+    rounding only."""
     # 1. The settings used, and how long each clip must be (its span plus the crossfade tail), and where.
     options = resolve_options(options, decoder)
     sample_rate = decoder.caps.sample_rate

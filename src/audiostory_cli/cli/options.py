@@ -158,7 +158,8 @@ def check_batch_size(value):
 BatchSizeOpt = Annotated[
     str, typer.Option("--batch-size", callback=check_batch_size, help="Clips denoised together, or auto: one "
                       "at a time on a CPU (batching gains nothing there), on a GPU as many as fit its free memory "
-                      "(at most 16; give a number if memory runs out). Changes the audio by float rounding only [default: auto]."),
+                      "(at most 16; give a number if memory runs out). Changes the audio by float rounding only "
+                      "[default: auto]."),
 ]  # fmt: skip
 LoudnessOpt = Annotated[
     Optional[float], typer.Option("--loudness", help="Normalise to this integrated loudness in LUFS, e.g. -16 "
