@@ -191,6 +191,29 @@ def test_llama_cpp_prompt_cache_is_reused_and_a_bad_one_is_recomputed(tiny_plann
     assert LlamaCppPlanner.load(str(tiny_planner_gguf), cache=None).plan(request) == first
 
 
+def test_llama_cpp_evaluates_a_story_the_same_way_whatever_the_context_held(tiny_planner_gguf, tmp_path):
+    """llama.cpp's numbers depend on how tokens are batched: a story planned again in the same process (after
+    itself, after another story) is evaluated in the same batches as in a fresh process, so it gets its plan."""
+    needs_llama()
+    request, other = StoryRequest(STORY, 20.0, max_events=3), StoryRequest("a door creaks open in the wind", 20.0)
+
+    def plan_and_batches(planner):
+        batches, evaluate = [], planner.engine.llm.eval
+        planner.engine.llm.eval = lambda ids: (batches.append(list(ids)), evaluate(ids))[1]
+        plan = planner.plan(request)
+        planner.engine.llm.eval = evaluate
+        return plan, batches
+
+    LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path).plan(request)  # the prompt cache on disk
+    fresh = plan_and_batches(LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path))
+    reused = LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path)
+    assert plan_and_batches(reused) == fresh
+    assert plan_and_batches(reused) == fresh  # the whole prompt was in the context already
+    reused.plan(other)
+    assert plan_and_batches(reused) == fresh  # its first words were
+    assert plan_and_batches(LlamaCppPlanner.load(str(tiny_planner_gguf), cache=None))[0] == fresh[0]
+
+
 # --- choosing the engine ----------------------------------------------------------------------------------
 
 

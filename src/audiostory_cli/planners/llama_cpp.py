@@ -90,7 +90,7 @@ class LlamaCppEngine:
             return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(n_vocab,)).copy()
 
         first = prompt_ids[start:]
-        if self.cache is not None and start < fixed < len(prompt_ids):  # evaluate the fixed part alone once, so it can be saved
+        if start < fixed < len(prompt_ids):  # the fixed part alone (so it can be saved), then the story from it
             next_logits(prompt_ids[start:fixed])
             first = prompt_ids[fixed:]
         room = self.llm.n_ctx() - len(prompt_ids)  # the KV cache ends there
@@ -104,9 +104,12 @@ class LlamaCppEngine:
         return self.llm.tokenize(prompt.encode(), add_bos=self._add_bos, special=True)
 
     def _restore(self, prompt_ids: list[int], fixed: int) -> int:
-        """Put the longest known prefix of ``prompt_ids`` (at least one token short) in the KV cache; its length."""
+        """Put the longest known prefix of ``prompt_ids`` up to ``fixed`` (at least one token short) in the KV
+        cache; its length. Never more than ``fixed``: llama.cpp's numbers depend on how tokens are batched, so
+        the story is always evaluated in one batch from there, and a story planned twice in one process gets
+        the plan of a fresh run (not one from a longer reused prefix)."""
         llm = self.llm
-        kept = min(_common_prefix(prompt_ids, llm.input_ids[: llm.n_tokens].tolist()), len(prompt_ids) - 1)
+        kept = min(_common_prefix(prompt_ids, llm.input_ids[: llm.n_tokens].tolist()), fixed, len(prompt_ids) - 1)
         if kept < fixed <= len(prompt_ids) - 1 and self._load(prompt_ids[:fixed]):
             return fixed
         llm.n_tokens = kept  # eval() drops the KV cells past n_tokens
