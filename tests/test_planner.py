@@ -319,8 +319,9 @@ def test_messages_ask_for_sounds_heard_and_the_total():
     system, request = messages[0]["content"], messages[-1]["content"]
     assert "describe what is HEARD, not what happens in the story" in system
     assert "waves break on pebbles" in system and "the hero feels relieved" in system
-    assert "7.3 seconds" in request and "at most 5" in request
-    assert HARBOR in request and "calm" in request
+    assert request == f"Story: {HARBOR}\nLength: 7.3 seconds, 3 events.\nTone: calm."  # 3: the fewest suggested
+    untoned = plan_prompt_messages(StoryRequest(HARBOR, 60.0, max_events=5))[-1]["content"]
+    assert untoned == f"Story: {HARBOR}\nLength: 60 seconds, 4 events."  # one per 15 s; the model picks the tone
     assert "setting, written after the events, is where the story happens" in system
     assert "background_sound is a caption too" in system
     for (example, answer), shown in zip(planner_module.EXAMPLES, (messages[2], messages[4])):

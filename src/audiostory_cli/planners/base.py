@@ -71,6 +71,7 @@ _PRINTABLE = r"[ !#-\[\]-~]"  # printable ASCII without '"' and '\': no escapes,
 _VISIBLE = r"[!#-\[\]-~]"  # the same without the space
 _REGEX_RUN_MAX = 100  # some grammar compilers reject a regex repeat above {,128}: longer runs are chained
 ANSWER_SEPARATORS = (",", ":")  # how answers are written (the examples, the grammar): no spaces, ~20 % fewer tokens
+SECONDS_PER_EVENT = 15  # the event count the request suggests: one per this many seconds of story
 _MS_GRID_MIN_S = 0.01  # starts snap to whole milliseconds when every event is at least this long
 
 SYSTEM_PROMPT = """\
@@ -101,10 +102,10 @@ SETTING_KEY = "setting"  # written just before the ambience: naming the place fi
 #   sound of that place, where asked for the sound alone it tends to name the place (benchmarks/plan_quality.md)
 AMBIENCE_KEY = "background_sound"  # the answer's field for the ambience: its name says what to write
 
-EXAMPLES = (  # earlier turns of the chat: (request, the plan answering it); one with an ambience, one without
+EXAMPLES = (  # earlier turns of the chat: (request, the plan answering it); one with an ambience, one without.
+    # The stories name actions, not sounds: the answers show the model how to turn one into the other.
     (
-        StoryRequest("a street market at noon: a vendor calls out, coins clink, a bicycle bell rings as it rides "
-                     "away", 30.0),
+        StoryRequest("a street market at noon: a vendor sells fruit, a customer pays, a cyclist rides away", 30.0),
         {
             "reasoning": "A vendor's call, coins on a tray and a bicycle bell, over the market crowd.",
             "tone": "lively",
@@ -119,7 +120,7 @@ EXAMPLES = (  # earlier turns of the chat: (request, the plan answering it); one
         },
     ),
     (
-        StoryRequest("a letter is written: a pen scratches, the paper is folded, the envelope is sealed", 20.0),
+        StoryRequest("someone writes a letter, folds it and seals the envelope", 20.0),
         {
             "reasoning": "Close desk sounds: a pen on paper, folding, an envelope pressed shut.",
             "tone": "quiet",
@@ -156,19 +157,19 @@ def plan_prompt_messages(request: StoryRequest, limits: PlanLimits = LIMITS) -> 
 
 
 def _request_text(request: StoryRequest) -> str:
-    tone = f"{request.tone} (use it as the plan's tone)" if request.tone else "choose one that fits the story"
-    return (
-        f"Story: {request.prompt.strip()}\n"
-        f"Total length: {request.total_s:g} seconds.\n"
-        f"Events: {_suggested_events(request)} (at most {request.max_events}), "
-        f"their durations adding up to {request.total_s:g} seconds.\n"
-        f"Overall tone: {tone}."
-    )
+    """The request as short as the model follows it: its tokens are evaluated for every story (~25 ms each on
+    a 2-core CPU), unlike the cached rules; the schema bounds the events and the durations are fitted after."""
+    events = _suggested_events(request)
+    lines = [f"Story: {request.prompt.strip()}", f"Length: {request.total_s:g} seconds, {events} events."]
+    if request.tone:
+        lines.append(f"Tone: {request.tone}.")
+    return "\n".join(lines)
 
 
 def _suggested_events(request: StoryRequest) -> int:
-    """About one event per 12 seconds, at least 3 and as many as the longest event allows, at most max_events."""
-    wanted = max(3, request.min_events, math.ceil(request.total_s / 12))
+    """About one event per 15 seconds, at least 3 and as many as the longest event allows, at most max_events
+    (one per 12 s made a 1.5B model pad short stories with repeated events: benchmarks/plan_quality.md)."""
+    wanted = max(3, request.min_events, math.ceil(request.total_s / SECONDS_PER_EVENT))
     return min(request.max_events, wanted)
 
 
