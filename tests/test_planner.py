@@ -7,8 +7,10 @@ import json
 import math
 import shutil
 import time
+import zlib
 
 import llguidance
+import numpy as np
 import pytest
 import torch
 
@@ -25,7 +27,8 @@ from audiostory_cli.planners.base import (
     plan_schema,
     timeline,
 )
-from audiostory_cli.planners.grammar import json_grammar
+from audiostory_cli.planners import grammar
+from audiostory_cli.planners.grammar import decode_json, json_grammar
 from audiostory_cli.planners.transformers import TransformersEngine
 from audiostory_cli.planners.transformers import TransformersPlanner as Planner
 from audiostory_cli.story import (
@@ -33,6 +36,7 @@ from audiostory_cli.story import (
     Progress,
     StoryRequest,
     plan_from_dict,
+    no_progress,
     plan_to_dict,
 )
 from audiostory_cli.testing import build_tiny_planner
@@ -329,6 +333,33 @@ def test_messages_ask_for_sounds_heard_and_the_total():
         assert_fills_total(plan_from_answer(shown["content"], example), example)
         assert sum(e["duration_s"] for e in answer["events"]) == example.total_s
     assert [bool(answer["background_sound"]) for _, answer in planner_module.EXAMPLES] == [True, False]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stretches_the_grammar_spells_out_skip_the_model_and_leave_the_text_as_it_was(planner, monkeypatch, seed):
+    """Where the grammar forces the next bytes and allows only pieces of them (``":"`` after a key), the
+    token is written without a model call. A model whose logits depend on the text alone writes the same
+    plan with and without that, in fewer calls; an ambience that may be "" is still the model's choice."""
+    vocab, request = planner.engine._vocab, StoryRequest(HARBOR, 30.0, max_events=4)
+    schema, prompt = plan_schema(request), [planner.tokenizer.eos_token_id]
+
+    def decode(calls: list[int]) -> str:
+        written: list[int] = []
+
+        def next_logits(ids):
+            written.extend(ids)
+            calls.append(len(ids))
+            text = vocab.decode_bytes(written[1:])  # the answer so far, however it was split into tokens
+            return np.random.default_rng([seed, zlib.crc32(text)]).standard_normal(vocab.vocab_size)
+
+        return decode_json(next_logits, prompt, vocab, schema, ref="m", budget=4000, progress=no_progress)
+
+    spelled, plain = [], []
+    answer = decode(spelled)
+    monkeypatch.setattr(grammar, "_spelled_out", lambda *args: None)
+    assert decode(plain) == answer
+    assert_fills_total(plan_from_answer(answer, request), request)
+    assert len(spelled) < len(plain)  # fewer model calls
 
 
 def test_missing_planner_folder_names_the_path(tmp_path):

@@ -4,7 +4,7 @@ seconds on a laptop CPU. Greedy decoding under the plan schema with llguidance, 
 
     messages -> the file's chat template -> ids -> decode_json(llama.cpp eval with its KV cache) -> answer text
 
-Most of a plan's CPU time is the prompt: the rules and the example exchange (~550 tokens) are the same for
+Much of a plan's CPU time is the prompt: the rules and the example exchanges (~800 tokens) are the same for
 every story, so their KV cache is kept between plans in memory and, once computed, on disk (``cache_dir()``,
 ~15 MB per model), with the model's token table that llguidance needs. A later run starts from the story.
 
