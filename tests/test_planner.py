@@ -16,6 +16,7 @@ import torch
 
 from audiostory_cli.errors import ModelLoadError, ModelNotFoundError, PlanError
 from audiostory_cli.planners import base as planner_module
+from audiostory_cli.planners import grammar
 from audiostory_cli.planners import load_planner
 from audiostory_cli.planners.base import (
     LIMITS,
@@ -27,7 +28,6 @@ from audiostory_cli.planners.base import (
     plan_schema,
     timeline,
 )
-from audiostory_cli.planners import grammar
 from audiostory_cli.planners.grammar import decode_json, json_grammar
 from audiostory_cli.planners.transformers import TransformersEngine
 from audiostory_cli.planners.transformers import TransformersPlanner as Planner
@@ -35,8 +35,8 @@ from audiostory_cli.story import (
     Plan,
     Progress,
     StoryRequest,
-    plan_from_dict,
     no_progress,
+    plan_from_dict,
     plan_to_dict,
 )
 from audiostory_cli.testing import build_tiny_planner
