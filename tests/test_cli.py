@@ -559,12 +559,12 @@ def test_convert_writes_the_diffusers_layout_once(run, tiny_sa3_original, tmp_pa
 
 
 def test_batch_size_auto_renders_what_a_fixed_batch_size_renders(run, tiny_decoder, short_plan, tmp_path):
-    for name, size in (("auto", "auto"), ("one", "4")):  # auto is 1 on a CPU
+    for name, size in (("auto", "auto"), ("four", "4")):  # auto is 1 on a CPU
         out = tmp_path / f"{name}.wav"
         result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, "--batch-size", size, *FAST)
         assert result.exit_code == 0, result.output
-    (auto, _), (one, _) = _audio(tmp_path / "auto.wav"), _audio(tmp_path / "one.wav")
-    assert np.linalg.norm(auto - one) / np.linalg.norm(one) < 1e-3  # batching changes float rounding only
+    (auto, _), (four, _) = _audio(tmp_path / "auto.wav"), _audio(tmp_path / "four.wav")
+    assert np.linalg.norm(auto - four) / np.linalg.norm(four) < 1e-3  # batching changes float rounding only
     result = run("render", short_plan, "-o", tmp_path / "x.wav", "--decoder", tiny_decoder, "--batch-size", "0", *FAST)
     assert result.exit_code == 2 and "auto or a whole number from 1 to 64" in result.output
 
