@@ -40,6 +40,8 @@ TITLE_PT, TEXT_PT, BLOCK_PT, SMALL_PT = 13, 9, 8.5, 7.5  # font sizes
 LINE_SPACING = 1.3  # line height / font size
 BLOCK_LINE_SPACING = 1.2  # tighter inside the blocks
 BLOCK_PAD_IN = 0.05  # text inset inside a block
+MIN_CAPTION_IN = 0.45  # narrower blocks show their number alone (the key has the caption)
+NUMBER_H_IN = 0.13  # narrower blocks have their number above the lanes
 SPECTROGRAM_BANDS = 128  # log-spaced frequency rows of the spectrogram image
 SPECTROGRAM_FLOOR_DB = 80.0  # dynamic range shown below the loudest band
 LOWEST_HZ = 40.0  # bottom of the spectrogram
@@ -171,7 +173,10 @@ def draw_story(plan: Plan, audio: StoryAudio | None = None):
     key_rows = max(sum(len(lines) for _, lines in column) for column in columns)
     key_h = 0.35 + key_rows * TEXT_PT * LINE_SPACING / 72
     spectrogram_h = SPECTROGRAM_IN + 0.1 if audio is not None else 0.0
-    height_in = title_h + spectrogram_h + lanes_h + AXIS_IN + key_h
+    s_per_in = plan.total_s / plot_w
+    tiny = any(e.duration_s / s_per_in < NUMBER_H_IN for e in plan.events)  # numbers go above the lanes
+    numbers_h = 0.3 if tiny else 0.0
+    height_in = title_h + spectrogram_h + numbers_h + lanes_h + AXIS_IN + key_h
 
     figure = Figure(figsize=(width_in, height_in), dpi=DPI, facecolor="white")
     FigureCanvasAgg(figure)
@@ -186,15 +191,19 @@ def draw_story(plan: Plan, audio: StoryAudio | None = None):
                 color="#444444", parse_math=False)  # fmt: skip
 
     # 3. The spectrogram, with the joins across it
-    lanes_top = height_in - title_h - spectrogram_h
+    lanes_top = height_in - title_h - spectrogram_h - numbers_h
     crossfade_s = plan.render.crossfade_s if plan.render is not None else DEFAULT_CROSSFADE_S
     fades = mix.join_fade_s(plan, crossfade_s)
     joins = mix.joins(plan)
     if audio is not None:
-        rect = [LEFT_IN / width_in, (lanes_top + 0.1) / height_in, plot_w / width_in, SPECTROGRAM_IN / height_in]
+        rect = [LEFT_IN / width_in, (lanes_top + numbers_h + 0.1) / height_in, plot_w / width_in,
+                SPECTROGRAM_IN / height_in]  # fmt: skip
         _draw_spectrogram(figure.add_axes(rect), plan, audio, columns=int(plot_w * DPI))
-        for before, _ in joins:
-            figure.axes[-1].axvline(before.end_s, color="white", linestyle=(0, (4, 3)), linewidth=1.0, alpha=0.8)
+        from matplotlib.patheffects import withStroke
+
+        for before, _ in joins:  # white dashes edged in black: seen on dark and on bright bands
+            figure.axes[-1].axvline(before.end_s, color="white", linestyle=(0, (4, 3)), linewidth=1.2,
+                                    path_effects=[withStroke(linewidth=2.6, foreground="black")])  # fmt: skip
 
     # 4. The lanes: one per layer, blocks at their times, crossfades shaded
     axes = figure.add_axes([LEFT_IN / width_in, (lanes_top - lanes_h) / height_in, plot_w / width_in,
@@ -300,12 +309,19 @@ def _draw_lanes(axes, plan: Plan, layers: list[int], heights: list[float], plot_
             x, y = event.start_s + BLOCK_PAD_IN * s_per_in, top - 0.04 - BLOCK_PAD_IN
             number = str(event.index)
             number_w = _text_width_in(number + " ", BLOCK_PT, bold=True)
-            if inner_w < number_w:
-                axes.text(event.start_s + event.duration_s / 2, top - 0.02 + (0.12 if above % 2 else 0.0), number,
-                          ha="center", va="bottom", fontsize=SMALL_PT, color=edge, fontweight="bold", zorder=4)  # fmt: skip
-                above += 1
+            bold = dict(fontweight="bold", color=edge, zorder=4)
+            if inner_w < MIN_CAPTION_IN:  # room for the number alone: upright, on its side, or above the lanes
+                middle = event.start_s + event.duration_s / 2
+                if inner_w >= number_w:
+                    axes.text(x, y, number, va="top", ha="left", fontsize=BLOCK_PT, **bold)
+                elif event.duration_s / s_per_in >= NUMBER_H_IN:
+                    axes.text(middle, y, number, va="top", ha="center", rotation=90, fontsize=SMALL_PT, **bold)
+                else:
+                    axes.text(middle, lanes_h + 0.03 + (0.13 if above % 2 else 0.0), number, ha="center",
+                              va="bottom", fontsize=SMALL_PT, clip_on=False, **bold)  # fmt: skip
+                    above += 1
                 continue
-            axes.text(x, y, number, va="top", ha="left", fontsize=BLOCK_PT, fontweight="bold", color=edge, zorder=4)
+            axes.text(x, y, number, va="top", ha="left", fontsize=BLOCK_PT, **bold)
             lines = _block_lines(event.caption, inner_w, inner_w - number_w, block_h - 2 * BLOCK_PAD_IN)
             text = dict(va="top", ha="left", fontsize=BLOCK_PT, color="#111111", zorder=4, parse_math=False)
             if lines[0]:
