@@ -137,10 +137,15 @@ def test_spectrogram_shows_the_tone_where_and_at_the_pitch_it_sounds():
     assert image[:, 35:].max() < image[:, 5:25].max() - 60  # the silent half is dark
 
 
-def test_20_event_captions_are_readable_none_overlaps_none_leaves_the_picture():
+@pytest.mark.parametrize("long_captions", [False, True])
+def test_20_event_captions_are_readable_none_overlaps_none_leaves_the_picture(long_captions):
     from audiostory_cli.plot import draw_story
 
-    plan = plan_from_dict(story(20, 180.0))
+    data = story(20, 180.0)
+    if long_captions:  # near the 200-character limit: the key wraps them, the blocks cut them
+        for event in data["events"]:
+            event["caption"] = (event["caption"] + ", " + " then ".join(FOREGROUND))[:199]
+    plan = plan_from_dict(data)
     figure = draw_story(plan)
     renderer = figure.canvas.get_renderer()
     page = figure.bbox

@@ -44,6 +44,7 @@ MIN_CAPTION_IN = 0.45  # narrower blocks show their number alone (the key has th
 NUMBER_H_IN = 0.13  # narrower blocks have their number above the lanes
 SPECTROGRAM_BANDS = 128  # log-spaced frequency rows of the spectrogram image
 SPECTROGRAM_FLOOR_DB = 80.0  # dynamic range shown below the loudest band
+QUIETEST_TOP_DB = -60.0  # the colour scale's top is the loudest band, or this for quieter audio
 LOWEST_HZ = 40.0  # bottom of the spectrogram
 LAYER_NAMES = {0: "foreground", 1: "bed 1", 2: "bed 2", 3: "bed 3"}
 # per layer: two fills alternating along the lane (so neighbours stay apart) and the edge/number colour
@@ -167,9 +168,9 @@ def draw_story(plan: Plan, audio: StoryAudio | None = None):
     layers = sorted({e.layer for e in plan.events})
     lane_heights = [FOREGROUND_LANE_IN if layer == 0 else BED_LANE_IN for layer in layers]
     lanes_h = sum(lane_heights)
-    title_lines = _title_lines(plan, audio, width_in - LEFT_IN - RIGHT_IN)
+    title_lines = _title_lines(plan, plot_w)
     title_h = 0.2 + len(title_lines) * TITLE_PT * LINE_SPACING / 72 + TEXT_PT * LINE_SPACING / 72
-    columns, span_w = _key_columns(plan, width_in - LEFT_IN - RIGHT_IN)
+    columns, span_w = _key_columns(plan, plot_w)
     key_rows = max(sum(len(lines) for _, lines in column) for column in columns)
     key_h = 0.35 + key_rows * TEXT_PT * LINE_SPACING / 72
     spectrogram_h = SPECTROGRAM_IN + 0.1 if audio is not None else 0.0
@@ -198,12 +199,13 @@ def draw_story(plan: Plan, audio: StoryAudio | None = None):
     if audio is not None:
         rect = [LEFT_IN / width_in, (lanes_top + numbers_h + 0.1) / height_in, plot_w / width_in,
                 SPECTROGRAM_IN / height_in]  # fmt: skip
-        _draw_spectrogram(figure.add_axes(rect), plan, audio, columns=int(plot_w * DPI))
+        spectrogram = figure.add_axes(rect)
+        _draw_spectrogram(spectrogram, plan, audio, columns=int(plot_w * DPI))
         from matplotlib.patheffects import withStroke
 
         for before, _ in joins:  # white dashes edged in black: seen on dark and on bright bands
-            figure.axes[-1].axvline(before.end_s, color="white", linestyle=(0, (4, 3)), linewidth=1.2,
-                                    path_effects=[withStroke(linewidth=2.6, foreground="black")])  # fmt: skip
+            spectrogram.axvline(before.end_s, color="white", linestyle=(0, (4, 3)), linewidth=1.2,
+                                path_effects=[withStroke(linewidth=2.6, foreground="black")])  # fmt: skip
 
     # 4. The lanes: one per layer, blocks at their times, crossfades shaded
     axes = figure.add_axes([LEFT_IN / width_in, (lanes_top - lanes_h) / height_in, plot_w / width_in,
@@ -212,7 +214,7 @@ def draw_story(plan: Plan, audio: StoryAudio | None = None):
 
     # 5. The key: every event in full
     _draw_key(figure, columns, span_w, top_in=lanes_top - lanes_h - AXIS_IN, left_in=LEFT_IN,
-              column_w_in=(width_in - LEFT_IN - RIGHT_IN) / len(columns))  # fmt: skip
+              column_w_in=plot_w / len(columns))  # fmt: skip
     return figure
 
 
@@ -221,7 +223,8 @@ def figure_width_in(plan: Plan) -> float:
     return float(np.clip(6.0 + 0.5 * len(plan.events) + 0.03 * plan.total_s, MIN_WIDTH_IN, MAX_WIDTH_IN))
 
 
-def _title_lines(plan: Plan, audio: StoryAudio | None, width_in: float) -> list[str]:
+def _title_lines(plan: Plan, width_in: float) -> list[str]:
+    """The prompt in at most two lines."""
     lines = _wrap(plan.prompt or "(no prompt)", width_in, TITLE_PT)
     if len(lines) > 2:
         lines = lines[:1] + [_ellipsize(" ".join(lines[1:]), width_in, TITLE_PT)]
@@ -240,7 +243,7 @@ def _subtitle(plan: Plan, audio: StoryAudio | None) -> str:
 
 def _draw_spectrogram(axes, plan: Plan, audio: StoryAudio, *, columns: int) -> None:
     image, low_hz, high_hz = log_spectrogram(audio.wave, audio.sample_rate, columns=columns)
-    top_db = float(image.max())
+    top_db = max(float(image.max()), QUIETEST_TOP_DB)  # silence stays dark instead of filling the scale
     end_s = audio.wave.shape[-1] / audio.sample_rate
     axes.imshow(image, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
                 extent=(0.0, end_s, math.log10(low_hz), math.log10(high_hz)),
@@ -253,8 +256,8 @@ def _draw_spectrogram(axes, plan: Plan, audio: StoryAudio, *, columns: int) -> N
 
 
 def log_spectrogram(wave: np.ndarray, sample_rate: int, *, columns: int, bands: int = SPECTROGRAM_BANDS):
-    """Power in dB of the mono mix in ``bands`` log-spaced bands x ``columns`` frames spread over the wave;
-    returns (image [bands, columns], lowest Hz, highest Hz)."""
+    """Power of the mono mix in ``bands`` log-spaced bands x ``columns`` frames spread over the wave, in dB
+    where a full-scale sine peaks at 0; returns (image [bands, columns], lowest Hz, highest Hz)."""
     mono = np.asarray(wave, dtype=np.float32).mean(axis=0)
     n_fft = 2048 if sample_rate >= 32000 else 1024
     columns = max(1, min(columns, mono.size // 64 or 1))
@@ -269,7 +272,8 @@ def log_spectrogram(wave: np.ndarray, sample_rate: int, *, columns: int, bands: 
     hi = np.maximum(lo + 1, np.ceil(edges[1:]).astype(np.int64)).clip(max=power.shape[1])
     cumulative = np.concatenate([np.zeros((columns, 1)), np.cumsum(power, axis=1)], axis=1)
     band_power = (cumulative[:, hi] - cumulative[:, lo]) / (hi - lo)
-    return 10 * np.log10(band_power.T + 1e-12), low_hz, high_hz
+    full_scale = (np.hanning(n_fft).sum() / 2) ** 2  # the peak bin of a full-scale sine: 0 dB
+    return 10 * np.log10(band_power.T / full_scale + 1e-20), low_hz, high_hz
 
 
 def _draw_lanes(axes, plan: Plan, layers: list[int], heights: list[float], plot_w: float, joins, fades) -> None:
@@ -424,19 +428,20 @@ def _wrap(text: str, width_in: float, size_pt: float, *, first_width_in: float |
 
 
 def _ellipsize(text: str, width_in: float, size_pt: float) -> str:
-    """``text`` cut to fit one line of ``width_in``, with "…" where it was cut."""
+    """``text`` cut to fit one line of ``width_in``, with "…" where it was cut ("" if not even that fits)."""
     if _text_width_in(text, size_pt) <= width_in:
         return text
-    cut = _fit_chars(text + "…", width_in, size_pt) - 1
-    return text[: max(cut, 0)].rstrip() + "…" if cut > 0 else ""
+    cut = _fit_chars(text, width_in, size_pt, suffix="…")
+    shown = text[:cut].rstrip() + "…"
+    return shown if _text_width_in(shown, size_pt) <= width_in else ""
 
 
-def _fit_chars(text: str, width_in: float, size_pt: float) -> int:
-    """Most leading characters of ``text`` that fit ``width_in`` (at least 1)."""
+def _fit_chars(text: str, width_in: float, size_pt: float, suffix: str = "") -> int:
+    """Most leading characters of ``text`` that fit ``width_in`` followed by ``suffix`` (at least 1)."""
     low, high = 1, len(text)
     while low < high:
         middle = (low + high + 1) // 2
-        if _text_width_in(text[:middle], size_pt) <= width_in:
+        if _text_width_in(text[:middle] + suffix, size_pt) <= width_in:
             low = middle
         else:
             high = middle - 1
