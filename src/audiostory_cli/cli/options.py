@@ -197,6 +197,6 @@ def check_plot_output(value: Optional[Path]) -> Optional[Path]:
 
 PlotOpt = Annotated[
     bool, typer.Option("--plot", help="Also draw the story as <name>.png beside the output: its events on their "
-                       "layers over the audio's spectrogram, joins marked (needs the plot extra; generate --dry-run: the plan "
-                       "alone, beside -o)."),
+                       "layers over the audio's spectrogram, joins marked (needs the plot extra; generate "
+                       "--dry-run: the plan alone, beside -o)."),
 ]  # fmt: skip
