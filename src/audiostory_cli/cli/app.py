@@ -33,11 +33,13 @@ from .options import (
     PlannerEngineOpt,
     PlannerModelOpt,
     PlannerOpt,
+    PlotOpt,
     SeedOpt,
     StepsOpt,
     WindowOpt,
     check_duration,
     check_output,
+    check_plot_output,
     check_prompt,
     render_options,
 )
@@ -102,6 +104,23 @@ def _bridge_ref(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path.expanduser().resolve())
 
 
+def _check_plot(plot: bool) -> None:
+    """``--plot`` without matplotlib is one line, before any model loads."""
+    if plot:
+        from ..plot import import_matplotlib
+
+        import_matplotlib()
+
+
+def _plot_beside(plan, output: Path, *, over_audio: bool) -> None:
+    """``--plot``: ``<name>.png`` beside ``output``, over the audio just written there, or the plan alone."""
+    from ..plot import plot_path_for, read_story_audio, write_plot
+
+    audio = read_story_audio(output, plan) if over_audio else None
+    picture = write_plot(plan, plot_path_for(output), audio=audio)
+    stderr.print(f"wrote {picture}" + ("" if over_audio else " (the plan alone)"))
+
+
 # --- commands --------------------------------------------------------------------------------------------
 
 
@@ -138,18 +157,23 @@ def generate(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
+    plot: PlotOpt = False,
 ) -> None:
     """Plan a story with the LLM and render it to one audio file."""
     from ..pipeline import generate_story, longest_event_s, plan_story
 
     if output is None and not dry_run:
         raise typer.BadParameter("an output file is needed (or use --dry-run)", param_hint="'--output' / '-o'")
+    if plot and output is None:
+        raise typer.BadParameter("with --dry-run, --plot needs -o: the picture goes beside it as <name>.png",
+                                 param_hint="'--plot'")  # fmt: skip
     options = render_options(
         seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
         continuation=continuation, window=window, loudness_lufs=loudness, planner=planner, decoder=decoder,
         bridge=_bridge_ref(bridge_path), model=model,
     )  # fmt: skip
     with errors():
+        _check_plot(plot)
         caps = _check_capabilities(options, dry_run=dry_run)
         torch_device, torch_dtype = _hardware(device, dtype)
         models = _load_models(options, torch_device, torch_dtype, need_decoder=not dry_run,
@@ -168,6 +192,8 @@ def generate(
             with ProgressView() as view:
                 plan = plan_story(models.planner, request, progress=view)
             show_plan(plan)
+            if plot:
+                _plot_beside(plan, output, over_audio=False)
             if as_json:
                 typer.echo(plan_to_json(plan), nl=False)
             return
@@ -177,6 +203,8 @@ def generate(
                 batch_size=batch_size, progress=view,
             )  # fmt: skip
         show_plan(result.plan)
+        if plot:
+            _plot_beside(result.plan, result.audio_path, over_audio=True)
         print_result(result, as_json)
 
 
@@ -203,6 +231,7 @@ def render(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
+    plot: PlotOpt = False,
 ) -> None:
     """Render a plan file, no planner. Every setting that changes the audio (seed, steps, guidance, crossfade,
     coherence, continuation, window, loudness, decoder, bridge, model) defaults to the value saved in the
@@ -210,6 +239,7 @@ def render(
     from ..pipeline import render_to_file
 
     with errors():
+        _check_plot(plot)
         plan = load_plan(plan_file)
         options = render_options(
             plan.render, seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
@@ -223,6 +253,8 @@ def render(
             result = render_to_file(
                 models.decoder, plan, options, models.conditioner, output, batch_size=batch_size, progress=view
             )
+        if plot:
+            _plot_beside(result.plan, result.audio_path, over_audio=True)
         print_result(result, as_json)
 
 
@@ -388,6 +420,32 @@ def convert(
             written = convert_decoder(ref, outdir)
         typer.echo(str(written))
         stderr.print(f"wrote {written}; use it with --decoder {written}", soft_wrap=True)
+
+
+@app.command("plot")
+def plot_command(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN.json", help="A plan: story.plan.json as `generate` "
+                         "and `render` write it beside story.wav, or one written by hand.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Picture to write: .png or .svg "
+                      "[default: <name>.png beside the plan, e.g. story.png for story.plan.json].",
+                      callback=check_plot_output)] = None,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Draw the plan alone, even when its audio is "
+                        "beside it.")] = False,
+) -> None:
+    """Draw a story: its events as labelled blocks on their layers (foreground, beds), joins and crossfades
+    marked, over the spectrogram of its audio when that is beside the plan (story.wav, .flac, .ogg, .mp3, .m4a
+    or .aac for story.plan.json). Every caption is in the key under the timeline. Needs the plot extra."""
+    from ..plot import find_audio, import_matplotlib, plot_path_for, read_story_audio, write_plot
+
+    with errors():
+        import_matplotlib()
+        plan = load_plan(plan_file)
+        audio_path = None if no_audio else find_audio(plan_file)
+        audio = None if audio_path is None else read_story_audio(audio_path, plan)
+        picture = write_plot(plan, output or plot_path_for(plan_file), audio=audio)
+    typer.echo(str(picture))
+    where = f"over {audio_path.name}" if audio else "the plan alone" + ("" if no_audio else ": no audio beside it")
+    stderr.print(f"wrote {picture} ({where})", soft_wrap=True)
 
 
 def _version(value: bool) -> None:

@@ -181,3 +181,22 @@ BridgeOpt = Annotated[
                                  "planner LLM's query states replace the text encoder's caption features."),
 ]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def check_plot_output(value: Optional[Path]) -> Optional[Path]:
+    """``plot -o``: a .png or .svg in a folder that exists, as a usage error otherwise."""
+    if value is None:
+        return None
+    from ..plot import check_plot_path
+
+    try:
+        return check_plot_path(value)
+    except InputError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+PlotOpt = Annotated[
+    bool, typer.Option("--plot", help="Also draw the story as <name>.png beside the output: its events on their "
+                       "layers over the audio's spectrogram, joins marked (needs the plot extra; generate "
+                       "--dry-run: the plan alone, beside -o)."),
+]  # fmt: skip
