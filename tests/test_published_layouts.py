@@ -207,7 +207,8 @@ def test_small_in_diffusers_own_conversion_differs_only_by_the_decoder_mapping_k
     assert original[-1] == 3
     with pytest.raises(ModelLoadError) as err:
         check_sa3_diffusers("small-sfx")(meta(listing("sa3_small_sfx_diffusers.txt")), Path("small"))
-    assert str(err.value).endswith("wrong shapes: decoder.blocks.0.mapping.weight_v (512, 768, 1) (expected (512, 768, 3))")
+    kernel = "wrong shapes: decoder.blocks.0.mapping.weight_v (512, 768, 1) (expected (512, 768, 3))"
+    assert str(err.value).endswith(kernel)
     fixed = {**listing("sa3_small_sfx_diffusers.txt"), "vae/decoder.blocks.0.mapping.weight_v": original}
     check_sa3_diffusers("small-sfx")(meta(fixed), Path("small"))
 

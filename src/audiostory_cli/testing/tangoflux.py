@@ -60,8 +60,8 @@ def build_tiny_decoder(path: str | Path, *, seed: int = 0, size: str = "tiny") -
 
 
 def build_t5_encoder(path: Path, *, d_model: int, seed: int):
-    """A two-layer T5 encoder (flan-t5's gated-GELU feed-forward) with a word-level tokenizer over ``CORPUS``'s words (``</s>`` appended, as T5),
-    saved to ``path``; returns the encoder.
+    """A two-layer T5 encoder (flan-t5's gated-GELU feed-forward) with a word-level tokenizer over ``CORPUS``'s
+    words (``</s>`` appended, as T5), saved to ``path``; returns the encoder.
 
     The vocabulary is the corpus's sorted words, so the same call writes the same files (a trained Unigram
     model is not reproducible across runs)."""
