@@ -4,6 +4,7 @@ events, ``convert``. Tiny random checkpoints (the real hop: 4096 samples a frame
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -142,6 +143,55 @@ def test_wrong_shape_is_named(folders, tmp_path):
     state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 1)
     save_file(state, str(broken / "model.safetensors"))
     with pytest.raises(ModelLoadError, match=f"wrong shapes: {key} "):
+        sa3.load(str(broken), broken, device=CPU, dtype=torch.float32)
+
+
+def test_the_t5gemma_folder_is_the_full_encoder_decoder_and_loads_as_an_encoder(folders, decoder):
+    text = load_file(str(folders["original"] / "t5gemma-b-b-ul2" / "model.safetensors"))
+    assert any(k.startswith("model.decoder.") for k in text) and any(k.startswith("model.encoder.") for k in text)
+    assert not [k for k in text if not k.startswith(("model.encoder.", "model.decoder."))]  # as the hub ships it
+    loaded = dict(decoder.text_encoder.state_dict())
+    assert all(torch.equal(loaded["encoder." + k[len("model.encoder."):]], v)
+               for k, v in text.items() if k.startswith("model.encoder."))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ("drop", "missing keys: model.encoder.layers.0.mlp.up_proj.weight"),
+        ("rename", "unexpected keys: model.encoder.layers.0.mlp.up_proj_renamed.weight"),
+        ("reshape", "wrong shapes: model.encoder.layers.0.mlp.up_proj.weight "),
+        ("stray", "unexpected keys: model.stray.weight"),
+    ],
+)
+def test_a_misfit_in_the_t5gemma_encoder_is_named_and_nothing_is_written(folders, tmp_path, edit, named):
+    broken = tmp_path / "sa3"
+    shutil.copytree(folders["original"], broken)
+    path = broken / "t5gemma-b-b-ul2" / "model.safetensors"
+    state, key = load_file(str(path)), "model.encoder.layers.0.mlp.up_proj.weight"
+    if edit == "drop":
+        del state[key]
+    elif edit == "rename":
+        state[key.replace("up_proj", "up_proj_renamed")] = state.pop(key)
+    elif edit == "reshape":
+        state[key] = torch.zeros(state[key].shape[0] + 1, state[key].shape[1])
+    else:
+        state["model.stray.weight"] = torch.zeros(2)
+    save_file(state, str(path), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=re.escape(named)):
+        sa3.load(str(broken), broken, device=CPU, dtype=torch.float32)
+    with pytest.raises(ModelLoadError, match=re.escape(named)):
+        sa3.convert(broken, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sa3"]
+
+
+def test_a_stability_file_without_running_std_is_refused_by_name(folders, tmp_path):
+    broken = tmp_path / "sa3"
+    shutil.copytree(folders["original"], broken)
+    state = load_file(str(broken / "model.safetensors"))
+    del state["pretransform.model.bottleneck.running_std"]  # the config has auto_scale: the scale is learnt
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"missing keys: pretransform\.model\.bottleneck\.running_std"):
         sa3.load(str(broken), broken, device=CPU, dtype=torch.float32)
 
 

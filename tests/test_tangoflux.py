@@ -72,14 +72,16 @@ def test_tiny_decoder_build_is_reproducible(tmp_path):
 def test_text_encoder_keys_in_the_dit_file_load_strictly(tiny_decoder, tmp_path):
     broken = tmp_path / "decoder"
     shutil.copytree(tiny_decoder, broken)
-    dit = load_file(str(broken / "tangoflux.safetensors"))
-    t5 = load_file(str(broken / "text_encoder" / "model.safetensors"))
-    full = {**dit, **{f"text_encoder.{k}": v for k, v in t5.items()}}
+    full = load_file(str(broken / "tangoflux.safetensors"))
+    # as published: the T5 under text_encoder.*, its tied embedding under one name only
+    assert "text_encoder.shared.weight" in full and "text_encoder.encoder.embed_tokens.weight" not in full
+    full["text_encoder.shared.weight"] = full["text_encoder.shared.weight"] + 1.0
     save_file(full, str(broken / "tangoflux.safetensors"))
-    load_decoder(str(broken), device=CPU, dtype=torch.float32)  # the whole T5 under text_encoder.*: fine
+    text_encoder = load_decoder(str(broken), device=CPU, dtype=torch.float32).text_encoder
+    assert torch.equal(text_encoder.encoder.embed_tokens.weight, full["text_encoder.shared.weight"])  # the file's
     del full[next(k for k in full if k.startswith("text_encoder.encoder.block.0."))]
     save_file(full, str(broken / "tangoflux.safetensors"))
-    with pytest.raises(ModelLoadError, match="text_encoder keys do not match the T5 encoder: missing"):
+    with pytest.raises(ModelLoadError, match=r"missing keys: text_encoder\.encoder\.block\.0\."):
         load_decoder(str(broken), device=CPU, dtype=torch.float32)
 
 

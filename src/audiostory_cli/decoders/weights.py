@@ -22,8 +22,15 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` into ``module`` only if every key matches and every shape fits; else one
-    ModelLoadError naming the first offenders."""
+    """Load ``state`` into ``module`` only if every key matches and every shape fits (``check_state``)."""
+    check_state(module, state, path)
+    module.load_state_dict(state, strict=True)
+
+
+def check_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> None:
+    """Every key of ``module`` in ``state`` and nothing else, every shape as the module's (a meta-built module
+    and meta tensors are enough: nothing is loaded); else one ModelLoadError naming the first offenders, each
+    spelt as the file spells it (``prefix`` + key)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -33,6 +40,5 @@ def strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
             if keys:
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-                parts.append(f"{label}: {', '.join(keys[:5])}{more}")
+                parts.append(f"{label}: {', '.join(prefix + k for k in keys[:5])}{more}")
         raise ModelLoadError(f"{path} does not match the model: {'; '.join(parts)}")
-    module.load_state_dict(state, strict=True)

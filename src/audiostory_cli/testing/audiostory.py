@@ -53,7 +53,8 @@ class TinyAudioStoryConfig:
 
 def build_tiny_audiostory(path: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny random checkpoint in the layout ``audiostory_model`` reads (see its docstring): the same file
-    names, config fields, key names (peft 0.4 LoRA and modules_to_save naming) and special tokens."""
+    names, config fields, key names (peft 0.4 LoRA and modules_to_save naming, the frozen T5 under
+    ``tangoflux.text_encoder.*`` as in the released ``pytorch_model.bin``) and special tokens."""
     import json
     import warnings
     from dataclasses import asdict
@@ -86,7 +87,7 @@ def build_tiny_audiostory(path: str | Path, *, seed: int = 0) -> Path:
                   "eos_token_id": eos, "pad_token_id": eos[1]}  # fmt: skip  # Qwen2.5-Instruct's
     (path / "Qwen2.5-3B-Instruct" / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     # 3. flan-t5-large/ and Flux_detokenizer/ (DiT sizes; model.safetensors is the VAE).
-    build_t5_encoder(path / "flan-t5-large", d_model=sizes.text_dim, seed=seed + 1)
+    t5 = build_t5_encoder(path / "flan-t5-large", d_model=sizes.text_dim, seed=seed + 1)
     flux = {**asdict(TangoFluxConfig()), **TINY_DECODER_SIZES, "joint_attention_dim": sizes.text_dim}
     flux["text_encoder_name"] = "ckpt/flan-t5-large"  # upstream's default: a folder of its ckpt/
     (path / "Flux_detokenizer").mkdir(exist_ok=True)
@@ -113,6 +114,8 @@ def build_tiny_audiostory(path: str | Path, *, seed: int = 0) -> Path:
         fill_random(module, seed + 6 + offset, gain=1.0)
         state.update({prefix + k: v for k, v in plain_state(module).items()})
     state.update({"tangoflux." + k: v for k, v in plain_state(dit).items()})
+    t5_state = t5.state_dict()  # the frozen T5 is saved too, under both names of its tied embedding
+    state.update({"tangoflux.text_encoder." + k: v.detach() for k, v in t5_state.items()})
     torch.save(state, path / "pytorch_model.bin")
     # 5. config.yaml: the nodes and fields upstream's inference script reads.
     (path / "config.yaml").write_text(yaml.safe_dump(_tiny_audiostory_yaml(sizes, rows), sort_keys=False))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -142,12 +143,14 @@ def _tame_vae(vae, seed: int) -> None:
     vae.decoder.blocks[-1].mapping.weight_g.mul_(0.4 / peak)
 
 
-def build_text_encoder(path: Path, *, hidden: int, seed: int, real: bool) -> None:
-    """A T5Gemma encoder (tiny: one layer; real: T5Gemma-b's 12 layers of 768) with a Gemma-style word-level
-    tokenizer over ``CORPUS`` (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2 prepended, ``<unk>`` 3), saved as
-    transformers saves them."""
+def build_text_encoder(path: Path, *, hidden: int, seed: int, real: bool):
+    """The ``t5gemma-b-b-ul2/`` folder as every SA3 hub repo ships it: the full T5Gemma encoder-decoder
+    (``T5GemmaForConditionalGeneration``, keys ``model.encoder.*`` and ``model.decoder.*``; tiny: one layer
+    each, real: T5Gemma-b's 12 layers of 768) with a Gemma-style word-level tokenizer over ``CORPUS``
+    (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2 prepended, ``<unk>`` 3), saved as transformers saves them.
+    Returns (the encoder half as a ``T5GemmaEncoderModel``, the tokenizer)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import GemmaTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel
+    from transformers import GemmaTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel, T5GemmaForConditionalGeneration
 
     words = sorted(set(re.findall(r"[a-z0-9']+|[^\sa-z0-9']", CORPUS.lower())))
     vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", *words])}
@@ -169,8 +172,14 @@ def build_text_encoder(path: Path, *, hidden: int, seed: int, real: bool) -> Non
     with torch.random.fork_rng(devices=[]):
         encoder = T5GemmaEncoderModel(config)
     fill_random(encoder, seed, gain=1.0)
-    encoder.save_pretrained(path, safe_serialization=True)
+    full_config = T5GemmaConfig(encoder=module, decoder=module, vocab_size=len(vocab))
+    with torch.random.fork_rng(devices=[]):
+        full = T5GemmaForConditionalGeneration(full_config)
+    fill_random(full.model.decoder, seed + 1000, gain=1.0)  # the decoder half: shipped, never run
+    full.model.encoder.load_state_dict(encoder.encoder.state_dict(), strict=True)
+    full.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    return encoder, tokenizer
 
 
 def _write_original(path: Path, raw: dict, seed: int, *, real: bool) -> Path:
@@ -216,7 +225,7 @@ def build_tiny_stable_audio_3(path: str | Path, *, seed: int = 0) -> Path:
 def _write_diffusers(path: Path, seed: int) -> Path:
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from transformers import AutoTokenizer, T5GemmaEncoderModel
+    from transformers import AutoTokenizer
 
     from ..decoders.stable_audio_3 import model_index
 
@@ -227,14 +236,12 @@ def _write_diffusers(path: Path, seed: int) -> Path:
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, stochastic_sampling=config.distilled)
     scheduler.save_pretrained(path / "scheduler")
     text = path / ".t5gemma"
-    build_text_encoder(text, hidden=raw["model"]["conditioning"]["cond_dim"], seed=seed + 1, real=False)
-    T5GemmaEncoderModel.from_pretrained(text).save_pretrained(path / "text_encoder")
+    encoder, _ = build_text_encoder(text, hidden=raw["model"]["conditioning"]["cond_dim"], seed=seed + 1, real=False)
+    encoder.save_pretrained(path / "text_encoder")  # the encoder half alone, as diffusers' text_encoder/
     tokenizer = AutoTokenizer.from_pretrained(text)
     tokenizer.model_max_length = config.text_max_tokens  # as the pipeline reads it: the prompt's token count
     tokenizer.save_pretrained(path / "tokenizer")
-    for file in sorted(text.iterdir()):
-        file.unlink()
-    text.rmdir()
+    shutil.rmtree(text)
     index = model_index(config, diffusers.__version__, type(tokenizer).__name__)
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path

@@ -21,8 +21,10 @@ TINY_VAE = dict(encoder_hidden_size=4, channel_multiples=[1, 2, 2, 2, 2], decode
 
 
 def build_tiny_decoder(path: str | Path, *, seed: int = 0, size: str = "tiny") -> Path:
-    """Write a TangoFlux-layout decoder with random weights: ``config.json``, ``tangoflux.safetensors``,
-    ``vae.safetensors`` and ``text_encoder/`` (a T5 encoder with a locally trained tokenizer).
+    """Write a TangoFlux-layout decoder with random weights: ``config.json``, ``tangoflux.safetensors`` (the
+    DiT, and the T5 under ``text_encoder.*`` without its tied alias ``encoder.embed_tokens.weight``, as the
+    published file), ``vae.safetensors`` and ``text_encoder/`` (the same T5 with a locally trained tokenizer:
+    the published layout takes them from ``google/flan-t5-large``, which a test cannot download).
 
     ``size="real"`` gives the DiT, the T5 width and the VAE their published sizes (for GPU timing); the T5
     keeps two layers. ``size="tiny"`` makes everything small.
@@ -43,7 +45,7 @@ def build_tiny_decoder(path: str | Path, *, seed: int = 0, size: str = "tiny") -
     path.mkdir(parents=True, exist_ok=True)
     config = {**asdict(TangoFluxConfig()), **(TINY_DECODER_SIZES if size == "tiny" else TANGOFLUX_SIZES)}
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    build_t5_encoder(path / "text_encoder", d_model=config["joint_attention_dim"], seed=seed + 1)
+    t5 = build_t5_encoder(path / "text_encoder", d_model=config["joint_attention_dim"], seed=seed + 1)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dit = TangoFluxDiT(TangoFluxConfig.from_dict(config), config["joint_attention_dim"])
@@ -51,13 +53,15 @@ def build_tiny_decoder(path: str | Path, *, seed: int = 0, size: str = "tiny") -
     fill_random(dit, seed + 2, gain=1.0)
     fill_random(vae, seed + 3, gain=1.0)
     tame_vae(vae, quieten=size == "tiny")
-    save_file(plain_state(dit), str(path / "tangoflux.safetensors"))
+    t5_state = {f"text_encoder.{k}": v for k, v in plain_state(t5).items() if k != "encoder.embed_tokens.weight"}
+    save_file({**plain_state(dit), **t5_state}, str(path / "tangoflux.safetensors"))
     save_file(plain_state(vae), str(path / "vae.safetensors"))
     return path
 
 
-def build_t5_encoder(path: Path, *, d_model: int, seed: int) -> None:
-    """A two-layer T5 encoder with a word-level tokenizer over ``CORPUS``'s words (``</s>`` appended, as T5).
+def build_t5_encoder(path: Path, *, d_model: int, seed: int):
+    """A two-layer T5 encoder (flan-t5's gated-GELU feed-forward) with a word-level tokenizer over ``CORPUS``'s
+    words (``</s>`` appended, as T5), saved to ``path``; returns the encoder.
 
     The vocabulary is the corpus's sorted words, so the same call writes the same files (a trained Unigram
     model is not reproducible across runs)."""
@@ -78,12 +82,14 @@ def build_t5_encoder(path: Path, *, d_model: int, seed: int) -> None:
     config = T5Config(
         vocab_size=tok.get_vocab_size(), d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=2,
         num_heads=max(1, d_model // 16), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        feed_forward_proj="gated-gelu",  # flan-t5's gated feed-forward (wi_0, wi_1), as the published files name it
     )  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         encoder = T5EncoderModel(config)
     fill_random(encoder, seed, gain=1.0)
     encoder.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    return encoder
 
 
 def tame_vae(vae, *, quieten: bool) -> None:

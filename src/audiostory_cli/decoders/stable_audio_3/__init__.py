@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -255,8 +256,16 @@ def materialize_buffers(module: torch.nn.Module) -> None:
 
 
 def assign_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` into a meta-built ``module`` only if every key matches and every shape fits; else one
-    ModelLoadError naming the first offenders."""
+    """Load ``state`` into a meta-built ``module`` only if every key matches and every shape fits
+    (``check_strictly``)."""
+    check_strictly(module, state, path)
+    module.load_state_dict(state, strict=True, assign=True)
+    materialize_buffers(module)
+
+
+def check_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Every key of ``module`` in ``state``, nothing else, every shape as the module's (meta tensors are
+    enough); else one ModelLoadError naming the first offenders."""
     expected = module.state_dict()
     common = set(state) & set(expected)
     problems = {
@@ -267,8 +276,6 @@ def assign_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor], pat
     }  # fmt: skip
     if any(problems.values()):
         raise ModelLoadError(f"{path} does not match the model: {summarize(problems)}")
-    module.load_state_dict(state, strict=True, assign=True)
-    materialize_buffers(module)
 
 
 def _read_json(path: Path) -> dict:
@@ -362,8 +369,11 @@ def _text_dirs(folder: Path) -> tuple[Path, Path]:
 
 
 def load_text_encoder(encoder_dir: Path, tokenizer_dir: Path, *, device, dtype):
-    """The T5Gemma encoder and its tokenizer; missing or mis-shaped encoder weights are a ModelLoadError
-    (a full encoder-decoder checkpoint's ``decoder.*`` half is ignored, as Stability loads it)."""
+    """The T5Gemma encoder and its tokenizer. ``encoder_dir`` holds either the full encoder-decoder
+    (``T5GemmaForConditionalGeneration``, what every SA3 hub repo ships: ``model.encoder.*`` and
+    ``model.decoder.*``) or the encoder alone (diffusers' ``text_encoder/``: ``encoder.*``); the decoder half
+    is expected and left unread (``TEXT_DECODER_HALF``). Every encoder tensor is checked by name and shape
+    before loading (``check_text_encoder``): a missing, unexpected or mis-shaped one is a ModelLoadError."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, T5GemmaEncoderModel
 
@@ -374,15 +384,75 @@ def load_text_encoder(encoder_dir: Path, tokenizer_dir: Path, *, device, dtype):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         config = AutoConfig.from_pretrained(encoder_dir)
         config.is_encoder_decoder = False
+    except Exception as err:  # noqa: BLE001 - any loader failure is one clear message
+        raise ModelLoadError(f"cannot load the T5Gemma text encoder from {encoder_dir}: {err}") from None
+    shapes = safetensors_shapes(encoder_dir)
+    if shapes is not None:  # checked from the file headers, before any weight is read
+        with torch.device("meta"):
+            expected = T5GemmaEncoderModel(config)
+        check_text_encoder(shapes, expected, encoder_dir)
+    try:
         encoder, info = T5GemmaEncoderModel.from_pretrained(
             encoder_dir, config=config, dtype=text_dtype, output_loading_info=True
         )
     except Exception as err:  # noqa: BLE001 - any loader failure is one clear message
         raise ModelLoadError(f"cannot load the T5Gemma text encoder from {encoder_dir}: {err}") from None
-    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith("decoder.")]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not TEXT_DECODER_HALF.match(k)]
     bad = {"missing": info.get("missing_keys", []), "unexpected": unexpected,
            "wrong shapes": info.get("mismatched_keys", [])}  # fmt: skip
     if any(bad.values()):
         named = "; ".join(f"{label}: {', '.join(map(str, sorted(keys)[:5]))}" for label, keys in bad.items() if keys)
         raise ModelLoadError(f"{encoder_dir}: the T5Gemma weights do not match its config: {named}")
     return encoder.to(device).eval(), tokenizer
+
+
+TEXT_DECODER_HALF = re.compile(r"^(model\.)?decoder\.|^lm_head\.")  # a full T5Gemma's decoder and LM head: unused
+_TEXT_ENCODER_PREFIXES = ("model.encoder.", "encoder.")  # full encoder-decoder / encoder-only spelling
+
+
+def check_text_encoder(shapes: dict[str, tuple[int, ...]], encoder: torch.nn.Module, folder: Path) -> None:
+    """Hold the tensor names and shapes of a T5Gemma folder against ``encoder`` (a ``T5GemmaEncoderModel``,
+    meta-built is enough): ``model.encoder.X`` or ``encoder.X`` is the encoder's ``encoder.X``, a decoder-half
+    name (``TEXT_DECODER_HALF``) is skipped, anything else is unexpected. Every problem is named, in the file's
+    spelling, in one ModelLoadError."""
+    expected = {key: tuple(t.shape) for key, t in encoder.state_dict().items()}
+    found: dict[str, str] = {}  # encoder key -> the file's name for it
+    problems: dict[str, list[str]] = {"missing keys": [], "unexpected keys": [], "wrong shapes": []}
+    for name in sorted(shapes):
+        if TEXT_DECODER_HALF.match(name):
+            continue
+        prefix = next((p for p in _TEXT_ENCODER_PREFIXES if name.startswith(p)), None)
+        key = "encoder." + name[len(prefix) :] if prefix else None
+        if key is None or key not in expected or key in found:
+            problems["unexpected keys"].append(name)
+            continue
+        found[key] = name
+        if tuple(shapes[name]) != expected[key]:
+            problems["wrong shapes"].append(f"{name} {tuple(shapes[name])} (expected {expected[key]})")
+    spelling = next(iter(found.values()), "model.encoder.")
+    prefix = "model.encoder." if spelling.startswith("model.encoder.") else "encoder."
+    problems["missing keys"] = [prefix + k[len("encoder.") :] for k in sorted(expected) if k not in found]
+    if any(problems.values()):
+        raise ModelLoadError(f"{folder}: the T5Gemma weights do not match its config: {summarize(problems)}")
+
+
+def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """Name -> shape of every tensor in a transformers folder's safetensors file(s), from their headers (no
+    weights read); None when the folder has no safetensors weights."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({folder / name for name in _read_json(index).get("weight_map", {}).values()})
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        return None
+    shapes = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                shapes.update({key: tuple(file.get_slice(key).get_shape()) for key in file.keys()})  # noqa: SIM118
+        except Exception as err:  # noqa: BLE001 - any reader failure is one clear message
+            raise ModelLoadError(f"cannot read {path}: {err}") from None
+    return shapes

@@ -52,6 +52,7 @@ class StabilityConfig:
     text_folder: str  # folder of the T5Gemma encoder, relative to the checkpoint
     learned_padding: bool  # padding tokens replaced by a learned vector (else zeros)
     inpaint_input: bool  # the DiT takes ``local_add_cond`` (inpaint mask + masked latents) on every pass
+    auto_scale: bool = False  # the VAE bottleneck's ``auto_scale``: the file must hold its ``running_std``
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def parse_config(raw: dict) -> StabilityConfig:
             f"model_config.json: prompt conditioner padding_mode {padding!r} / project_out not supported"
         )
     vae_class, vae = _vae_kwargs(model["pretransform"]["config"], raw["sample_rate"])
+    bottleneck = model["pretransform"]["config"].get("bottleneck") or {}
     return StabilityConfig(
         sample_rate=int(raw["sample_rate"]), max_samples=int(raw["sample_size"]),
         distilled=diffusion.get("diffusion_objective") == "rf_denoiser", transformer=transformer,
@@ -119,6 +121,7 @@ def parse_config(raw: dict) -> StabilityConfig:
                       max_val=float(seconds["config"].get("max_val", 1))),
         text_max_tokens=int(prompt["config"].get("max_length", 128)), text_folder=TEXT_FOLDER,
         learned_padding=padding == "learned", inpaint_input=bool(local) and "local_add_cond_dim" in dit,
+        auto_scale=bool((bottleneck.get("config") or {}).get("auto_scale", False)),
     )  # fmt: skip
 
 
@@ -310,6 +313,7 @@ def convert_state(
     """Stability's tensors -> one state dict per component, checked against ``modules``; every problem
     (unmapped key, key no module has, missing key, wrong shape, unexpected dropped value) named in one error."""
     levels = levels_of(config)
+    targets = {name: module.state_dict() for name, module in modules.items()}  # once: each call walks the module
     out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in modules}
     problems: dict[str, list[str]] = {"unexpected keys": [], "missing keys": [], "wrong shapes": [], "bad values": []}
     for key in sorted(state):
@@ -319,15 +323,15 @@ def convert_state(
                 problems["bad values"].append(key)
             continue
         target = to_target(key, levels)
-        if target is None or target[1] not in modules[target[0]].state_dict():
+        if target is None or target[1] not in targets[target[0]]:
             problems["unexpected keys"].append(key)
             continue
         component, name = target
         if is_differential_qkv(component, name, config):
             tensor = qkv_to_diffusers(tensor) if tensor.shape[0] % 5 == 0 else tensor
         out[component][name] = tensor
-    for component, module in modules.items():
-        for name, expected in module.state_dict().items():
+    for component in modules:
+        for name, expected in targets[component].items():
             if name not in out[component]:
                 if not is_computed(component, name, config):
                     problems["missing keys"].append(to_source(component, name, levels))
@@ -357,14 +361,17 @@ def _droppable(key: str, tensor: torch.Tensor) -> bool:
 
 def is_computed(component: str, name: str, config: StabilityConfig) -> bool:
     """Target tensors the Stability file does not hold: buffers diffusers computes, and what a config
-    without them leaves at its no-op value (zero padding vector, unused inpaint projection, unit std)."""
+    without them leaves at its no-op value (zero padding vector, unused inpaint projection, unit std). With
+    ``auto_scale`` on (every published config) the VAE's ``running_std`` is learnt: the file must hold it."""
     if component == DURATION and name == "freqs":
         return True
     if component == DIT and name == "prompt_padding_embedding":
         return not config.learned_padding
     if component == DIT and ".to_local_embed." in name:
         return not config.inpaint_input
-    return component == VAE and name == "bottleneck.running_std"
+    if component == VAE and name == "bottleneck.running_std":
+        return not config.auto_scale
+    return False
 
 
 def summarize(problems: dict[str, list[str]]) -> str:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ...checkpoints import ModelKind, resolve
 from ...errors import ModelLoadError
-from ..weights import read_safetensors, strict_load
+from ..weights import check_state, read_safetensors, strict_load
 from .config import SAMPLE_RATE, TangoFluxConfig
 from .modules import TangoFluxDiT
 
@@ -37,20 +37,31 @@ def load_text_encoder(folder: Path, config: TangoFluxConfig, device, dtype):
 
 def load_dit_weights(dit: TangoFluxDiT, text_encoder: nn.Module, path: Path) -> None:
     """Strict load: every DiT key must be there and nothing unknown; ``text_encoder.*`` keys load into T5."""
-    state = read_safetensors(path)
+    dit_state, t5_state = split_dit_file(read_safetensors(path), dit, text_encoder, path)
+    dit.load_state_dict(dit_state, strict=True)
+    if t5_state:
+        text_encoder.load_state_dict(t5_state, strict=False)  # one of the two tied names may be absent
+
+
+T5_TIED = ("shared.weight", "encoder.embed_tokens.weight")  # one T5 matrix, two names; a file may hold either
+
+
+def split_dit_file(
+    state: dict[str, torch.Tensor], dit: nn.Module, text_encoder: nn.Module, path: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``tangoflux.safetensors``'s tensors -> (the DiT's, the T5's), each held against its module by name and
+    shape (``check_state``; meta tensors and meta-built modules are enough). The published file holds the T5
+    under ``text_encoder.*`` without its tied alias ``encoder.embed_tokens.weight``."""
     t5_state = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
     dit_state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
-    strict_load(dit, dit_state, path)
+    check_state(dit, dit_state, path)
     if t5_state:
-        # T5 ties ``shared`` and ``encoder.embed_tokens``: a file may hold either name of that one weight.
-        tied = {"shared.weight", "encoder.embed_tokens.weight"}
-        missing, unexpected = text_encoder.load_state_dict(t5_state, strict=False)
-        missing = [k for k in missing if not (k in tied and tied & set(t5_state))]
-        if missing or unexpected:
-            raise ModelLoadError(
-                f"{path}: text_encoder keys do not match the T5 encoder: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
-            )
+        filled = dict(t5_state)
+        for name, alias in (T5_TIED, T5_TIED[::-1]):
+            if name not in filled and alias in filled:
+                filled[name] = filled[alias]
+        check_state(text_encoder, filled, path, prefix="text_encoder.")
+    return dit_state, t5_state
 
 
 def load_vae(path: Path):
@@ -58,7 +69,7 @@ def load_vae(path: Path):
     made ready for inference (``prepare_vae``)."""
     from diffusers import AutoencoderOobleck
     state = read_safetensors(path)
-    vae = AutoencoderOobleck(**_oobleck_config(state, path))
+    vae = AutoencoderOobleck(**oobleck_config(state, path))
     strict_load(vae, state, path)
     return prepare_vae(vae)
 
@@ -101,7 +112,7 @@ class InPlaceSnake(nn.Module):
         return y.reshape(shape)
 
 
-def _oobleck_config(state: dict[str, torch.Tensor], path: Path) -> dict:
+def oobleck_config(state: dict[str, torch.Tensor], path: Path) -> dict:
     """Read the Oobleck VAE's sizes off its weights (the TangoFlux layout ships no VAE config)."""
     try:
         first = state["encoder.conv1.weight_v"]  # [hidden, audio_channels, 7]

@@ -106,15 +106,7 @@ def _load(ref: str, root: Path, device: torch.device, dtype: torch.dtype) -> Aud
     text_encoder, t5_tokenizer = load_text_encoder(root, flux_config, device, dtype)
     text_dim = text_encoder.config.d_model
     # 3. Empty modules in the checkpoint's shapes; every key of the file matched to them, then assigned.
-    with torch.device("meta"):
-        llm = transformers.Qwen2ForCausalLM(llm_config)
-        fusion = QueryFusion(text_dim, config.t5_feature_scale)
-        parts = {
-            "seedx.projector.": mlp_projector(llm_config.hidden_size, text_dim),
-            "seedx.audio_projector.": mlp_projector(llm_config.hidden_size, text_dim),
-            "multihead_attention.": fusion.multihead_attention,
-            "tangoflux.": TangoFluxDiT(flux_config, text_dim),
-        }
+    llm, fusion, parts = empty_modules(config, llm_config, flux_config, text_dim)
     loaded = match_weights(state, llm, parts, text_encoder, config, weights_path)
     _assign(llm, loaded["llm"], device, dtype)
     llm.model.rotary_emb = type(llm.model.rotary_emb)(config=llm_config).to(device)  # a buffer, not in the file
@@ -138,6 +130,21 @@ def _load(ref: str, root: Path, device: torch.device, dtype: torch.dtype) -> Aud
         ref=ref, planner=planner, decoder=render, semantic_projector=parts["seedx.projector."].eval(),
         residual_projector=parts["seedx.audio_projector."].eval(), fusion=fusion.eval(), config=config,
     )  # fmt: skip
+
+
+def empty_modules(config: AudioStoryConfig, llm_config, flux_config, text_dim: int):
+    """(LLM, fusion, {file prefix: module}) in the checkpoint's shapes, built on the meta device (no memory,
+    no init): what ``match_weights`` holds the file's keys against before anything is assigned."""
+    with torch.device("meta"):
+        llm = transformers.Qwen2ForCausalLM(llm_config)
+        fusion = QueryFusion(text_dim, config.t5_feature_scale)
+        parts = {
+            "seedx.projector.": mlp_projector(llm_config.hidden_size, text_dim),
+            "seedx.audio_projector.": mlp_projector(llm_config.hidden_size, text_dim),
+            "multihead_attention.": fusion.multihead_attention,
+            "tangoflux.": TangoFluxDiT(flux_config, text_dim),
+        }
+    return llm, fusion, parts
 
 
 def _check_no_meta(*modules: nn.Module) -> None:
