@@ -236,6 +236,7 @@ def test_a_full_disk_while_writing_leaves_no_partial_file(tmp_path, monkeypatch)
         return open("/dev/full", "wb", buffering=0) if mode == "xb" and path.touch() is None else None
 
     monkeypatch.setattr(audio_io, "open", full_disk, raising=False)
-    with pytest.raises(AudioIOError, match=f"could not write {tmp_path / 'story.wav'}: .Errno {errno.ENOSPC}. No space"):
+    written = tmp_path / "story.wav"
+    with pytest.raises(AudioIOError, match=f"could not write {written}: .Errno {errno.ENOSPC}. No space"):
         write_audio(tmp_path / "story.wav", _sine(44100, 1.0), 44100)
     assert list(tmp_path.iterdir()) == []

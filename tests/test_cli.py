@@ -652,7 +652,7 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_model_loads(run, 
     import os
 
     real = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(tmp_path) else real(path, mode))
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: str(path) != str(tmp_path) and real(path, mode))
     result = run("generate", PROMPT, "-o", tmp_path / "story.wav", *models, *FAST)
     _one_usage_error(result, f"cannot write into {tmp_path}: permission denied")
     result = run("batch", "examples/prompts.txt", "-o", tmp_path / "new" / "out", *models, *FAST)

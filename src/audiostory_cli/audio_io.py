@@ -71,7 +71,6 @@ def check_extension(extension: str) -> None:
 
 
 DEFAULT_NAME_MAX = 255  # bytes in one file name where the file system does not say (ext4, APFS, NTFS: 255)
-PARTIAL_NAME_EXTRA = len(".") + len(".12345678.partial")  # what _partial_path adds to a name, besides the extension again
 
 
 def check_target(path: str | os.PathLike[str], what: str = "output path") -> Path:

@@ -49,8 +49,8 @@ class RenderOptions:
     planner: str | None = None  # planner reference that wrote the plan; None for a hand-written plan
     bridge: str | None = None  # trained bridge adapter used in place of the text encoder, if any
     model: str | None = None  # AudioStory checkpoint that planned, conditioned and rendered, if any
-    batch_size: int | None = None  # clips denoised together (it changes the samples by float rounding); None:
-    #                                what suits the device (pipeline.auto_batch_size); a rendered plan saves the number used
+    batch_size: int | None = None  # clips denoised together (it changes the samples by float rounding); None: what
+    #                                suits the device (pipeline.auto_batch_size); a rendered plan saves the number used
 
     def __post_init__(self) -> None:
         _check_int("seed", self.seed, 0, MAX_SEED)
@@ -151,7 +151,7 @@ def _model_ref(name: str, ref: Any) -> str:
 
     text = str(ref)
     if not text.strip() or "\x00" in text or len(text) > MAX_REF_CHARS:
-        what = "is empty" if not text.strip() else "holds a NUL byte" if "\x00" in text else f"has {len(text)} characters"
+        what = "is empty" if not text.strip() else "holds a NUL byte" if "\x00" in text else f"has {len(text)} chars"
         raise OptionError(f"{name} = {text[:60]!r}: {what}; must be a path or a hub id", field=name)
     try:
         Path(text).expanduser().exists()  # raises for what no file system takes (a name too long)

@@ -98,7 +98,7 @@ def _plain_rows(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]
     """A table as plain lines for a stderr that is not a terminal: the title, the header, one line a row,
     tab-separated (tabs and line breaks inside a cell become spaces), nothing cut."""
     lines = [title, *("\t".join(" ".join(str(cell).split()) for cell in row) for row in (header, *rows))]
-    stderr.out("\n".join(lines), highlight=False)
+    stderr.file.write("\n".join(lines) + "\n")  # past rich, which would expand the tabs
 
 
 def show_plan(plan: Plan) -> None:
@@ -157,8 +157,8 @@ def show_summary(records, outdir: Path, as_json: bool) -> None:
             table.add_row(str(r.line), escape(r.prompt[:40]), status, escape(where), f"{r.seconds:.1f}")
         stderr.print(table)
     counts = {status: sum(r.status == status for r in records) for status in _STATUS_COLOURS}
-    stderr.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; manifest: {outdir / 'manifest.jsonl'}",
-                 soft_wrap=True)  # fmt: skip
+    counted = ", ".join(f"{n} {status}" for status, n in counts.items())
+    stderr.print(f"{counted}; manifest: {outdir / 'manifest.jsonl'}", soft_wrap=True)
     for r in records:
         if as_json:
             typer.echo(r.to_json())
