@@ -39,7 +39,7 @@ class BatchSettings:
     """What every line of one batch run shares; sent whole to each Ray actor, so plain values only."""
 
     outdir: Path  # the output folder (absolute: on a cluster, the same path on every node)
-    options: RenderOptions  # render settings as given (None: the decoder's or device's own), model references filled in
+    options: RenderOptions  # render settings as given (None: the decoder's, device's own), model refs filled in
     default_duration_s: float  # length of a story whose line gives none
     max_events: int | None = None  # most events per story; None: enough for the duration (default_max_events)
     extension: str = ".wav"  # of the derived file names

@@ -47,7 +47,7 @@ def errors() -> Iterator[None]:
     except AudiostoryError as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        stderr.print(f"[bold red]error:[/] {escape(one_line(str(err)))}", soft_wrap=True)  # "[ray]" is text, not a style
+        stderr.print(f"[bold red]error:[/] {escape(one_line(str(err)))}", soft_wrap=True)  # "[ray]": text, no style
         stderr.print(f"[dim](set {DEBUG_ENV}=1 for the full traceback)[/]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
