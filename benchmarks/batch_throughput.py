@@ -71,7 +71,7 @@ def build_models(folder: Path, size: str) -> Path:
 
 def run_mode(name: str, prompts: Path, outdir: Path, models: Path, args: argparse.Namespace) -> dict:
     command = [
-        sys.executable, "-m", "audiostory_cli", "batch", str(prompts), "-d", str(outdir), "--duration",
+        sys.executable, "-m", "audiostory_cli", "batch", str(prompts), "-o", str(outdir), "--duration",
         str(args.duration), "--steps", str(args.steps), "--planner", str(models / "planner"), "--decoder",
         str(models / "decoder"), "--device", args.device, "--json", *MODES[name],
     ]  # fmt: skip

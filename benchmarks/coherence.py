@@ -158,7 +158,7 @@ def run_all(decoder, plan: Plan, configs, args) -> tuple[list[dict], list[dict]]
         for name, fields in configs:
             options = dataclasses.replace(base, seed=seed, **fields)
             started = time.perf_counter()
-            track = render_plan(decoder, plan, options, ResidualConditioner(options.coherence))
+            track = render_plan(decoder, plan, options, ResidualConditioner(options.coherence)).track
             render_s = time.perf_counter() - started
             render_rows.append({"configuration": name, "seed": seed, "render_s": render_s})
             join_rows += [

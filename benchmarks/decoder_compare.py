@@ -76,7 +76,7 @@ def measure(name: str, ref: str, args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        track = render_plan(decoder, plan, RenderOptions(seed=0, steps=steps), conditioner)
+        track = render_plan(decoder, plan, RenderOptions(seed=0, steps=steps), conditioner).track
         if device.type == "cuda":
             torch.cuda.synchronize()
         timings[steps] = time.perf_counter() - started

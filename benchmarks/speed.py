@@ -330,7 +330,7 @@ def our_story(decoder, plan, options, batch_size: int, output: Path, timer: Time
         patched(decoder, "_velocity", timer, "dit"),
         patched(getattr(decoder, "vae", None), "decode", timer, "vae"),
     ):
-        render_to_file(decoder, plan, options, conditioner, output, batch_size=batch_size)
+        render_to_file(decoder, plan, dataclasses.replace(options, batch_size=batch_size), conditioner, output)
     wave, _ = sf.read(output, dtype="float32", always_2d=True)
     return wave.T
 

@@ -184,3 +184,59 @@ def test_resample_changes_length_and_keeps_pitch():
 def test_resample_to_the_same_rate_is_the_identity():
     wave = _sine(16000, 0.1)
     assert resample(wave, 16000, 16000) is wave
+
+
+# --- what the file system refuses, found before the work ---------------------------------------------------
+
+
+def test_a_name_whose_partial_file_the_file_system_cannot_take_is_refused(tmp_path):
+    import os
+
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    room = name_max - len("..12345678.partial.wav") - len(".wav")  # the hidden partial name must fit too
+    assert check_output_path(tmp_path / ("a" * room + ".wav")).name == "a" * room + ".wav"
+    with pytest.raises(InputError, match=f"too long for this file system.*use a name of at most {room + 4} bytes"):
+        check_output_path(tmp_path / ("a" * (room + 1) + ".wav"))
+    with pytest.raises(InputError, match="too long"):  # counted in bytes, as the file system counts
+        check_output_path(tmp_path / ("ü" * (room // 2 + 1) + ".wav"))
+
+
+def test_a_nul_byte_in_a_path_is_refused(tmp_path):
+    with pytest.raises(InputError, match="holds a NUL byte"):
+        check_output_path(f"{tmp_path}/a\x00b.wav")
+    with pytest.raises(InputError, match="holds a NUL byte"):
+        write_text_atomic(f"{tmp_path}/a\x00b.plan.json", "{}")
+
+
+def test_a_folder_the_process_cannot_write_into_is_refused(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as EACCES would (root passes for real)
+    with pytest.raises(InputError, match=f"cannot write into {tmp_path}: permission denied"):
+        check_output_path(tmp_path / "story.wav")
+
+
+@pytest.mark.parametrize("extension", [".wav", ".flac", ".ogg"])
+def test_a_full_disk_is_one_error_not_a_traceback_per_callback(tmp_path, extension, capfd):
+    """/dev/full: every write fails with ENOSPC, inside libsndfile's callbacks; one AudioIOError comes out."""
+    from audiostory_cli.audio_io import _audio_writer
+
+    write = _audio_writer(tmp_path / f"story{extension}", _sine(44100, 2.0), 44100)
+    with open("/dev/full", "wb", buffering=0) as full, pytest.raises(OSError, match="No space left on device"):
+        write(full)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_full_disk_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    from audiostory_cli import audio_io
+
+    def full_disk(path, mode):  # the partial file is created, then nothing more fits
+        return open("/dev/full", "wb", buffering=0) if mode == "xb" and path.touch() is None else None
+
+    monkeypatch.setattr(audio_io, "open", full_disk, raising=False)
+    written = tmp_path / "story.wav"
+    with pytest.raises(AudioIOError, match=f"could not write {written}: .Errno {errno.ENOSPC}. No space"):
+        write_audio(tmp_path / "story.wav", _sine(44100, 1.0), 44100)
+    assert list(tmp_path.iterdir()) == []

@@ -386,7 +386,7 @@ def test_rendering_a_plan_with_its_event_texts(model, monkeypatch):
     render = model.decoder.render
     monkeypatch.setattr(model.decoder, "render", lambda requests, *a, **kw: seen.extend(requests) or render(requests, *a, **kw))
     options = RenderOptions(steps=2, continuation=True, crossfade_s=0.5, seed=request.seed, model=model.ref)
-    track = pipeline.render_plan(model.decoder, plan, options, AudioStoryConditioner(model))
+    track = pipeline.render_plan(model.decoder, plan, options, AudioStoryConditioner(model)).track
     assert track.wave.shape == (2, round(3.0 * 44100)) and track.sample_rate == 44100
     assert all(torch.equal(r.text.states, texts[e.index].states) for r, e in zip(seen, plan.events, strict=True))
     assert [r.seed for r in seen] == [story.clip_seed(5, e.index) for e in plan.events]

@@ -32,7 +32,7 @@ def models(tiny_planner, tiny_decoder):
 
 
 def _batch(prompts, outdir, models, *extra, env=None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "audiostory_cli", "batch", str(prompts), "-d", str(outdir), *models, *FAST,
+    command = [sys.executable, "-m", "audiostory_cli", "batch", str(prompts), "-o", str(outdir), *models, *FAST,
                "--json", *extra]  # fmt: skip
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
@@ -117,7 +117,7 @@ def test_without_ray_installed_the_error_is_one_line_naming_the_extra(models, tm
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where the extra is not installed
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(PROMPTS[0] + "\n")
-    result = CliRunner().invoke(app, ["batch", str(prompts), "-d", str(tmp_path / "out"), *models, *FAST, "--ray",
+    result = CliRunner().invoke(app, ["batch", str(prompts), "-o", str(tmp_path / "out"), *models, *FAST, "--ray",
                                       "auto"])  # fmt: skip
     assert result.exit_code == 1
     assert 'pip install "audiostory-cli[ray]"' in result.stderr

@@ -48,7 +48,7 @@ def _prompts(tmp_path, count: int):
 
 
 def _command(prompts, outdir, models, *extra) -> list[str]:
-    return [sys.executable, "-m", "audiostory_cli", "batch", str(prompts), "-d", str(outdir), *models, *FAST, *extra]
+    return [sys.executable, "-m", "audiostory_cli", "batch", str(prompts), "-o", str(outdir), *models, *FAST, *extra]
 
 
 def _env(**extra) -> dict[str, str]:
@@ -192,7 +192,7 @@ def test_a_changed_setting_or_line_renders_again_and_force_renders_all(cli, mode
     prompts, outdir = tmp_path / "prompts.jsonl", tmp_path / "out"
     lines = [{"prompt": PROMPTS[0], "output": "a.wav"}, {"prompt": PROMPTS[1], "output": "b.wav", "seed": 4}]
     prompts.write_text("\n".join(map(json.dumps, lines)) + "\n")
-    run = lambda *extra: cli("batch", prompts, "-d", outdir, *models, *FAST, "--json", *extra)
+    run = lambda *extra: cli("batch", prompts, "-o", outdir, *models, *FAST, "--json", *extra)
     assert _statuses(run()) == {1: "ok", 2: "ok"}
     assert _statuses(run()) == {1: "skipped", 2: "skipped"}
     lines[1]["seed"] = 5
@@ -208,7 +208,7 @@ def test_duplicate_output_names_fail_before_any_work(cli, models, tmp_path):
     prompts, outdir = tmp_path / "prompts.jsonl", tmp_path / "out"
     lines = [{"prompt": PROMPTS[0], "output": "a.wav"}, {"prompt": PROMPTS[1]}, {"prompt": PROMPTS[2], "output": "a"}]
     prompts.write_text("\n".join(map(json.dumps, lines)) + "\n")
-    result = cli("batch", prompts, "-d", outdir, *models, *FAST)
+    result = cli("batch", prompts, "-o", outdir, *models, *FAST)
     assert result.exit_code == 1
     assert "lines 1 and 3 both write a.wav" in " ".join(result.stderr.split())
     assert not outdir.exists()
@@ -217,7 +217,7 @@ def test_duplicate_output_names_fail_before_any_work(cli, models, tmp_path):
 def test_planning_ahead_changes_no_sample(cli, models, tmp_path):
     prompts = _prompts(tmp_path, 3)
     for name, flag in (("ahead", "--overlap"), ("plain", "--no-overlap")):
-        assert cli("batch", prompts, "-d", tmp_path / name, *models, *FAST, flag).exit_code == 0
+        assert cli("batch", prompts, "-o", tmp_path / name, *models, *FAST, flag).exit_code == 0
     names = sorted(p.name for p in (tmp_path / "plain").glob("*.wav"))
     assert names == sorted(p.name for p in (tmp_path / "ahead").glob("*.wav")) and len(names) == 3
     for name in names:
@@ -227,7 +227,7 @@ def test_planning_ahead_changes_no_sample(cli, models, tmp_path):
 
 def test_a_batch_plan_with_its_recorded_request_renders_the_same_samples(cli, models, tmp_path):
     prompts, outdir = _prompts(tmp_path, 1), tmp_path / "out"
-    assert cli("batch", prompts, "-d", outdir, *models, *FAST).exit_code == 0
+    assert cli("batch", prompts, "-o", outdir, *models, *FAST).exit_code == 0
     (audio,) = [p for p in outdir.glob("*.wav")]
     plan = audio.with_name(audio.stem + ".plan.json")
     assert json.loads(plan.read_text())["request"]["prompt"] == PROMPTS[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -195,7 +196,7 @@ def test_event_three_windows_long_renders_exactly_and_smoothly(run, tiny_decoder
         (["generate", PROMPT, "-o", "{tmp}/x.wav", "--device", "tpu"], 2, "'tpu' is not one of auto, cuda, cpu, mps"),
         (["render", "{tmp}/bad.json", "-o", "{tmp}/x.wav", "--window", "half"], 2, "'half' is not one of auto, full"),
         (["generate", PROMPT, "-o", "{tmp}/x.wav", "--steps", "0"], 2, "--steps"),
-        (["batch", "examples/prompts.txt", "-d", "{tmp}/out", "--format", "xyz"], 1, "output format .xyz is not supported"),
+        (["batch", "examples/prompts.txt", "-o", "{tmp}/out", "--format", "xyz"], 1, "output format .xyz is not supported"),
     ],
 )
 def test_bad_input_one_line_exit_code_no_file(run, tiny_planner, tiny_decoder, tmp_path, args, code, message):
@@ -261,7 +262,7 @@ def test_batch_plain_prompts_file(run, models, tmp_path):
     prompts = tmp_path / "prompts.txt"
     shutil.copy("examples/prompts.txt", prompts)
     out = tmp_path / "out"
-    result = run("batch", prompts, "-d", out, "--duration", "1.5", *models, *FAST)
+    result = run("batch", prompts, "-o", out, "--duration", "1.5", *models, *FAST)
     assert result.exit_code == 0, result.output
     names = [n for n in _files(out) if n.endswith(".wav")]
     assert names == [
@@ -283,7 +284,7 @@ def test_batch_json_lines_with_a_bad_line(run, models, tmp_path):
     prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json {\n")
     prompts.write_text(prompts.read_text().replace("not json {", '{"prompt": 3}'))
     out = tmp_path / "out"
-    result = run("batch", prompts, "-d", out, *models, *FAST)
+    result = run("batch", prompts, "-o", out, *models, *FAST)
     assert result.exit_code == 1
     assert sorted(n for n in _files(out) if not n.endswith(".plan.json")) == [
         "003-a-blacksmith-at-work-the-forge-roars-a-hammer.wav",
@@ -566,7 +567,10 @@ def test_batch_size_auto_renders_what_a_fixed_batch_size_renders(run, tiny_decod
     (auto, _), (four, _) = _audio(tmp_path / "auto.wav"), _audio(tmp_path / "four.wav")
     assert np.linalg.norm(auto - four) / np.linalg.norm(four) < 1e-3  # batching changes float rounding only
     result = run("render", short_plan, "-o", tmp_path / "x.wav", "--decoder", tiny_decoder, "--batch-size", "0", *FAST)
-    assert result.exit_code == 2 and "auto or a whole number from 1 to 64" in result.output
+    assert result.exit_code == 2 and "'--batch-size'" in result.output
+    assert "batch_size = 0: must be an integer between 1 and 64" in result.output
+    result = run("render", short_plan, "-o", tmp_path / "x.wav", "--decoder", tiny_decoder, "--batch-size", "two")
+    assert result.exit_code == 2 and "'two' is not auto or a whole number from 1 to 64" in result.output
 
 
 def test_auto_batch_size_is_one_clip_on_a_cpu_and_the_memory_estimate_elsewhere():
@@ -579,3 +583,228 @@ def test_auto_batch_size_is_one_clip_on_a_cpu_and_the_memory_estimate_elsewhere(
     assert auto_batch_size(SimpleNamespace(device="cuda", max_batch_size=lambda: 99)) == MAX_AUTO_BATCH_SIZE
     assert auto_batch_size(SimpleNamespace(device="cuda", max_batch_size=lambda: 0)) == 1
     assert auto_batch_size(SimpleNamespace(device="mps")) == FALLBACK_BATCH_SIZE
+
+
+# --- the output checked before any model loads -----------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: what these runs refuse, they refuse up front."""
+    from audiostory_cli import registry
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded")
+
+    for name in ("load_models", "load_decoder", "load_planner"):
+        monkeypatch.setattr(registry, name, refuse)
+
+
+def _one_usage_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    message = " ".join(result.stderr.split())
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.mark.parametrize(
+    ("name", "needles"),
+    [
+        ("x" * 250 + ".wav", ["is 254 bytes: too long for this file system", "use a name of at most 226 bytes"]),
+        ("story\x00.wav", ["null byte"]),  # click's Path type says so first
+        ("é" * 120 + ".wav", ["too long for this file system"]),  # 244 bytes: the partial name is 270
+    ],
+    ids=["long", "nul", "long-in-bytes"],
+)
+def test_an_output_name_the_file_system_cannot_take_is_refused_up_front(run, models, tmp_path, no_model_loads, name,
+                                                                         needles):  # fmt: skip
+    for command in (["generate", PROMPT, *models], ["render", "examples/plan.json", *models[2:]]):
+        result = run(*command, "-o", f"{tmp_path}/{name}", *FAST)
+        _one_usage_error(result, "'--output' / '-o'", *needles)
+    assert _files(tmp_path) == []
+
+
+def test_the_longest_name_the_file_system_takes_is_accepted(run, tiny_decoder, short_plan, tmp_path):
+    import os
+
+    # the longest name whose plan's hidden partial name (".NAME.plan.json.XXXXXXXX.partial.json") still fits
+    room = os.pathconf(tmp_path, "PC_NAME_MAX") - len("..plan.json.12345678.partial.json")
+    out = tmp_path / ("s" * room + ".wav")
+    result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, *FAST)
+    assert result.exit_code == 0, result.output
+    assert out.exists() and (tmp_path / ("s" * room + ".plan.json")).exists()
+    result = run("render", short_plan, "-o", tmp_path / ("s" * (room + 1) + ".wav"), *FAST)
+    _one_usage_error(result, "once the plan beside it", f"use a name of at most {room + 4} bytes")
+
+
+def test_a_folder_named_like_the_plan_is_refused_before_any_model_loads(run, models, tmp_path, no_model_loads):
+    (tmp_path / "story.plan.json").mkdir()
+    result = run("generate", PROMPT, "-o", tmp_path / "story.wav", *models, *FAST)
+    _one_usage_error(result, f"plan path {tmp_path / 'story.plan.json'} is a folder")
+    assert _files(tmp_path) == ["story.plan.json"]
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_model_loads(run, models, tmp_path, monkeypatch,
+                                                                          no_model_loads):  # fmt: skip
+    """The kernel's answer is mocked (tests may run as root, whom chmod does not stop); the non-root case runs
+    for real below."""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: str(path) != str(tmp_path) and real(path, mode))
+    result = run("generate", PROMPT, "-o", tmp_path / "story.wav", *models, *FAST)
+    _one_usage_error(result, f"cannot write into {tmp_path}: permission denied")
+    result = run("batch", "examples/prompts.txt", "-o", tmp_path / "new" / "out", *models, *FAST)
+    _one_usage_error(result, f"cannot write into {tmp_path}: permission denied")
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused_for_real(run, models, tmp_path, no_model_loads):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = run("generate", PROMPT, "-o", locked / "story.wav", *models, *FAST)
+    _one_usage_error(result, "permission denied")
+
+
+def test_m4a_without_ffmpeg_is_one_line_with_the_install_hint_before_any_work(tmp_path):
+    """A real process with a PATH that lacks ffmpeg."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "audiostory_cli", "generate", PROMPT, "-o", str(tmp_path / "x.m4a"),
+                           "--decoder", str(tmp_path / "none")], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 4
+    message = " ".join(done.stderr.split())
+    assert "writing .m4a needs ffmpeg, which is not on PATH" in message and "apt-get install ffmpeg" in message
+    assert _files(tmp_path) == []
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(run, tiny_decoder, short_plan, tmp_path, monkeypatch):
+    import errno
+
+    from audiostory_cli import audio_io
+
+    class Full:  # the file system fills up after 64 KiB
+        def __init__(self, file):
+            self.file, self.left = file, 65536
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(audio_io, "open", lambda *a, **k: Full(open(*a, **k)), raising=False)
+    result = run("render", short_plan, "-o", tmp_path / "s.wav", "--decoder", tiny_decoder, *FAST)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr and "cffi" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: could not write {tmp_path / 's.wav'}: [Errno 28] No space left on device"
+    ]
+    assert _files(tmp_path) == ["short.json"]
+
+
+# --- batch size: saved and reproduced --------------------------------------------------------------------------
+
+
+def test_the_batch_size_is_saved_and_render_reproduces_it(run, models, tmp_path):
+    out = tmp_path / "story.wav"
+    flags = ("--duration", "5", "--window", "full", "--batch-size", "2", "--max-events", "3")
+    assert run("generate", PROMPT, "-o", out, *flags, *models, *FAST).exit_code == 0
+    saved = json.loads((tmp_path / "story.plan.json").read_text())["render"]
+    assert saved["batch_size"] == 2
+    again = tmp_path / "again.wav"
+    assert run("render", tmp_path / "story.plan.json", "-o", again, "--device", "cpu").exit_code == 0
+    assert np.array_equal(_audio(again)[0], _audio(out)[0])
+    one = tmp_path / "one.wav"  # the command line wins, and is saved in its turn
+    assert run("render", tmp_path / "story.plan.json", "-o", one, "--batch-size", "1", "--device", "cpu").exit_code == 0
+    assert json.loads((tmp_path / "one.plan.json").read_text())["render"]["batch_size"] == 1
+
+
+def test_a_plan_without_a_batch_size_renders_as_before(run, tiny_decoder, short_plan, tmp_path):
+    """Old plans: the device's own batch size (one clip at a time on a CPU), recorded once rendered."""
+    first = tmp_path / "first.wav"
+    assert run("render", short_plan, "-o", first, "--decoder", tiny_decoder, *FAST).exit_code == 0
+    saved = json.loads((tmp_path / "first.plan.json").read_text())
+    assert saved["render"].pop("batch_size") == 1
+    (tmp_path / "old.plan.json").write_text(json.dumps(saved))
+    assert run("render", tmp_path / "old.plan.json", "-o", tmp_path / "old.wav", "--device", "cpu").exit_code == 0
+    assert np.array_equal(_audio(tmp_path / "old.wav")[0], _audio(first)[0])
+
+
+def test_a_batch_renders_again_when_the_batch_size_changes(run, models, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("rain on a tin roof\n")
+    out = tmp_path / "out"
+    first = run("batch", prompts, "-o", out, "--duration", "1.5", "--batch-size", "2", *models, *FAST, "--json")
+    assert first.exit_code == 0 and json.loads(first.stdout)["status"] == "ok"
+    same = run("batch", prompts, "-o", out, "--duration", "1.5", "--batch-size", "2", *models, *FAST, "--json")
+    assert json.loads(same.stdout)["status"] == "skipped"
+    other = run("batch", prompts, "-o", out, "--duration", "1.5", "--batch-size", "3", *models, *FAST, "--json")
+    assert json.loads(other.stdout)["status"] == "ok"
+    plan = json.loads((out / "001-rain-on-a-tin-roof.plan.json").read_text())
+    assert plan["render"]["batch_size"] == plan["request"]["render"]["batch_size"] == 3
+
+
+# --- batch's folder option, help texts, plain tables for logs ---------------------------------------------------
+
+
+def test_batch_takes_its_folder_as_o_and_the_old_d_with_a_warning(run, models, tmp_path, no_model_loads):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("rain\n")
+    (tmp_path / "a-file").write_text("")
+    result = run("batch", prompts, "-d", tmp_path / "a-file", *models, *FAST)
+    _one_usage_error(result, "batch -d is deprecated, use -o/--outdir", f"{tmp_path / 'a-file'} is a file")
+    result = run("batch", prompts, "-d", tmp_path / "x", "-o", tmp_path / "y", *models, *FAST)
+    _one_usage_error(result, "give the folder once")
+    result = run("batch", prompts, *models, *FAST)
+    _one_usage_error(result, "'--outdir' / '-o'", "a folder for the audio files is needed")
+    result = run("batch", prompts, "-o", tmp_path / "a-file" / "out", *models, *FAST)
+    _one_usage_error(result, f"cannot create {tmp_path / 'a-file' / 'out'}: {tmp_path / 'a-file'} is a file")
+    assert _files(tmp_path) == ["a-file", "p.txt"]
+
+
+def test_help_texts_speak_of_their_own_command(run):
+    helps = {command: " ".join(run(command, "--help").stdout.split()) for command in ("generate", "render", "batch")}
+    for command in ("generate", "batch"):
+        assert "render:" not in helps[command] and "the plan's saved value" not in helps[command]
+    assert helps["render"].count("the plan's saved value, else") >= 10
+    assert "-d, --duration" in helps["generate"] and "-o, --outdir" in helps["batch"] and " -d" not in helps["batch"]
+    for text in helps.values():
+        assert "bf16 on CUDA and on a CPU that computes bf16 natively" in text and "fp32 elsewhere" in text
+        assert "one after another" not in text
+
+
+def test_on_a_log_file_tables_are_plain_lines_with_nothing_cut(run, models, tmp_path):
+    """CliRunner's stderr is not a terminal, as a log file or CI is not."""
+    prompts = tmp_path / "p.jsonl"
+    name = "a-story-whose-file-name-is-much-longer-than-a-table-column-would-ever-show-in-full.wav"
+    prompts.write_text(json.dumps({"prompt": "rain on a tin roof " * 4, "output": name}) + "\n")
+    out = tmp_path / "a-folder-with-a-long-name-as-real-paths-are" / "stories"
+    out.parent.mkdir()
+    result = run("batch", prompts, "-o", out, "--duration", "1.5", *models, *FAST)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    row = lines[lines.index("batch summary") + 2].split("\t")
+    assert lines[lines.index("batch summary") + 1].split("\t") == ["line", "prompt", "status", "output or error",
+                                                                   "seconds"]  # fmt: skip
+    assert row[:4] == ["1", ("rain on a tin roof " * 4).strip(), "ok", str(out / name)]
+    result = run("generate", PROMPT, "--dry-run", "--duration", "6", *models[:2], "--device", "cpu")
+    lines = result.stderr.splitlines()
+    plan_at = next(i for i, line in enumerate(lines) if line.startswith("plan: "))
+    assert lines[plan_at + 1] == "#\tstart\tduration\tcaption\ttone\tlayer"
+    assert all(len(line.split("\t")) == 6 for line in lines[plan_at + 2 : plan_at + 3])

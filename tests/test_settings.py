@@ -14,7 +14,7 @@ from audiostory_cli.story import load_plan, plan_from_dict, plan_to_json
 EVERY_OPTION = RenderOptions(
     seed=7, steps=12, guidance=2.5, crossfade_s=0.5, coherence=0.2, continuation=False, window="full",
     loudness_lufs=-16.0, peak_dbfs=-2.0, decoder="/models/decoder", planner="/models/planner",
-    bridge="/models/bridge", model=None,
+    bridge="/models/bridge", model=None, batch_size=3,
 )  # fmt: skip
 
 
@@ -74,3 +74,46 @@ def test_steps_and_guidance_left_to_the_decoder_are_filled_in():
     resolved = RenderOptions(steps=None, guidance=None).resolved(8, 1.0)
     assert (resolved.steps, resolved.guidance) == (8, 1.0)
     assert RenderOptions(steps=3, guidance=2.0).resolved(8, 1.0).steps == 3
+
+
+# --- the one merge: command line > plan > defaults ---------------------------------------------------------
+
+
+def test_given_values_win_over_saved_ones_which_win_over_the_defaults():
+    from audiostory_cli.settings import merge_options
+
+    saved = RenderOptions(seed=5, crossfade_s=0.5, batch_size=2)
+    merged = merge_options(saved, seed=9, crossfade_s=None, batch_size=None, guidance=None)
+    assert (merged.seed, merged.crossfade_s, merged.batch_size) == (9, 0.5, 2)
+    assert merged.coherence == RenderOptions().coherence
+
+
+@pytest.mark.parametrize(
+    ("given", "field", "message"),
+    [
+        ({"guidance": float("nan")}, "guidance", "guidance = nan"),
+        ({"seed": 2**64}, "seed", "seed = 18446744073709551616: must be an integer between 0"),
+        ({"batch_size": 65}, "batch_size", "batch_size = 65: must be an integer between 1 and 64"),
+        ({"decoder": "a\x00b"}, "decoder", "holds a NUL byte"),
+        ({"planner": "p" * 5000}, "planner", "has 5000 chars"),
+        ({"decoder": "d" * 300}, "decoder", "File name too long"),
+        ({"model": "/m", "planner": "/p"}, "model", "--model brings its own planner, decoder and fusion; drop --plan"),
+    ],
+)
+def test_a_bad_value_given_is_an_option_error_naming_its_field(given, field, message):
+    from audiostory_cli.errors import OptionError
+    from audiostory_cli.settings import merge_options
+
+    with pytest.raises(OptionError, match=message.replace("(", r"\(")) as caught:
+        merge_options(None, **given)
+    assert caught.value.field == field
+
+
+def test_local_model_references_are_saved_as_absolute_paths(tmp_path, monkeypatch):
+    from audiostory_cli.settings import merge_options
+
+    (tmp_path / "decoder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    merged = merge_options(None, decoder="decoder", planner="Qwen/Qwen2.5-3B-Instruct", bridge="bridges/b")
+    assert merged.decoder == str(tmp_path / "decoder") and merged.planner == "Qwen/Qwen2.5-3B-Instruct"
+    assert merged.bridge == str(tmp_path / "bridges" / "b")  # a bridge always: it is a folder

@@ -44,10 +44,11 @@ _FFMPEG_HINT = "install it with `apt-get install ffmpeg` or `brew install ffmpeg
 def check_output_path(path: str | os.PathLike[str]) -> Path:
     """Check that ``path`` can take an audio file, before any heavy work; return it resolved.
 
-    Raises ``InputError`` for a missing or unsupported extension, a missing folder or a path that is a
-    folder, and ``AudioIOError`` when the encoder the extension needs is not available.
+    Raises ``InputError`` for a NUL byte, a name too long for the file system, a missing or unsupported
+    extension, a missing or unwritable folder or a path that is a folder, and ``AudioIOError`` when the
+    encoder the extension needs is not available.
     """
-    path = _check_target(path)
+    path = check_target(path)
     if not path.suffix:
         raise InputError(f"output path {path} has no extension: add one of {', '.join(SUPPORTED_EXTENSIONS)}")
     check_extension(path.suffix)
@@ -69,15 +70,67 @@ def check_extension(extension: str) -> None:
         )
 
 
-def _check_target(path: str | os.PathLike[str]) -> Path:
-    """The resolved path of a file to (over)write: its folder exists and it is not itself a folder."""
-    path = Path(path).expanduser().resolve()
-    if path.is_dir():
-        raise InputError(f"output path {path} is a folder: give a file name such as {path / 'story.wav'}")
-    if not path.parent.is_dir():
+DEFAULT_NAME_MAX = 255  # bytes in one file name where the file system does not say (ext4, APFS, NTFS: 255)
+
+
+def check_target(path: str | os.PathLike[str], what: str = "output path") -> Path:
+    """The resolved path of a file to (over)write: no NUL byte, a name (and the hidden partial name written
+    first) that the file system takes, its folder exists and can be written into, and it is not a folder."""
+    if "\x00" in os.fspath(path):
+        raise InputError(f"{what} {os.fspath(path)!r} holds a NUL byte", hint="give a plain file name")
+    path = Path(path).expanduser()
+    over = name_overflow(path)
+    if over:
+        size = len(os.fsencode(path.name))
+        extra = len(os.fsencode(_partial_path(path).name)) - size
+        raise InputError(
+            f"{what} name {path.name[:40]!r}... is {size} bytes: too long for this file system (a name may have "
+            f"{size - over + extra} bytes, and the hidden partial file written first adds {extra})",
+            hint=f"use a name of at most {size - over} bytes",
+        )
+    try:
+        path = path.resolve()
+        is_folder, folder_is_folder = path.is_dir(), path.parent.is_dir()
+    except OSError as err:  # a path past PATH_MAX, a loop of links, a folder in the way that is a file
+        raise InputError(f"{what} {os.fspath(path)[:80]!r}: {err.strerror or err}") from None
+    if is_folder:
+        raise InputError(f"{what} {path} is a folder: give a file name such as {path / 'story.wav'}")
+    if not folder_is_folder:
         hint = f"create it with `mkdir -p {path.parent}`"
         raise InputError(f"output folder {path.parent} does not exist", hint=hint)
+    check_writable_folder(path.parent)
     return path
+
+
+def name_overflow(path: Path) -> int:
+    """How many bytes the hidden partial name of ``path`` (what a write creates first) is over the longest
+    name its folder's file system takes; 0 when it fits (or ``path`` has no name: a folder, said next)."""
+    if not path.name:
+        return 0
+    folder = Path(os.path.abspath(path.parent))
+    return max(0, len(os.fsencode(_partial_path(path).name)) - _name_max(folder))
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Refuse, before any work, a folder this process cannot create files in (EACCES, a read-only mount).
+    ``os.access`` asks the kernel with the real user's rights; root passes (as it does when writing)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(
+            f"cannot write into {folder}: permission denied", hint="choose another folder or fix its permissions"
+        )
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, ``folder``'s file system takes."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # folder missing (reported next), or no pathconf (Windows)
+        return DEFAULT_NAME_MAX
+
+
+def _partial_path(path: Path) -> Path:
+    """The hidden ``.NAME.XXXXXXXX.partial.EXT`` a write goes to before it is renamed onto ``path``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
 
 
 # --- writing ------------------------------------------------------------------------------------------
@@ -99,12 +152,59 @@ def _audio_writer(path: Path, wave: np.ndarray, sample_rate: int) -> Callable[[B
         muxer, codec = _FFMPEG_FORMATS[extension]
         return lambda file: _export_ffmpeg(file, samples, sample_rate, muxer, codec)
     file_format, subtype = _SOUNDFILE_FORMATS[extension]
-    return lambda file: soundfile.write(file, samples, sample_rate, format=file_format, subtype=subtype)
+    return lambda file: _soundfile_write(file, samples, sample_rate, file_format, subtype)
+
+
+def _soundfile_write(file: BinaryIO, samples: np.ndarray, sample_rate: int, file_format: str, subtype: str) -> None:
+    """``soundfile.write`` into ``file`` through ``_KeptErrors``: a failed write (ENOSPC) is one OSError,
+    raised once libsndfile returns, not a traceback printed from each of its callbacks."""
+    guarded = _KeptErrors(file)
+    try:
+        soundfile.write(guarded, samples, sample_rate, format=file_format, subtype=subtype)
+    except Exception:  # what the short writes led to (a LibsndfileError, soundfile's own assert on the count)
+        if guarded.error is None:
+            raise
+    if guarded.error is not None:
+        raise guarded.error
+
+
+class _KeptErrors:
+    """The file libsndfile writes through (its virtual I/O calls these from C). An exception there cannot
+    reach Python's caller: cffi prints its traceback and returns 0, and libsndfile goes on. So the first
+    OSError is kept, later calls do nothing, and ``_soundfile_write`` raises it once afterwards."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                return self.file.write(data)
+            except OSError as err:
+                self.error = err
+        return 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if self.error is None:
+            try:
+                return self.file.seek(offset, whence)
+            except OSError as err:
+                self.error = err
+        return 0
+
+    def tell(self) -> int:
+        if self.error is None:
+            try:
+                return self.file.tell()
+            except OSError as err:
+                self.error = err
+        return 0
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically, e.g. the plan JSON beside the audio."""
-    return atomic_write(_check_target(path), lambda file: file.write(text.encode("utf-8")))
+    return atomic_write(check_target(path), lambda file: file.write(text.encode("utf-8")))
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -124,7 +224,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
 def _write_partial(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Run ``write`` on a new hidden ``.NAME.XXXXXXXX.partial.EXT`` beside ``path`` and fsync it; on any
     failure the partial file is removed."""
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
+    partial = _partial_path(path)
     try:
         file = open(partial, "xb")  # created with the umask's permissions, as the target would be
     except OSError as err:
@@ -159,7 +259,7 @@ def write_story_files(
     audio removed; the plan renamed into place; the audio renamed into place. A crash before the last rename
     leaves at most a plan with no audio (an unfinished story: a resumed batch renders it again) and partial
     files (a resumed batch removes them). ``on_step(done, what)`` after each of the first STORY_WRITE_STEPS."""
-    audio_path, plan_path = check_output_path(audio_path), _check_target(plan_path)
+    audio_path, plan_path = check_output_path(audio_path), check_target(plan_path, "plan path")
     write = _audio_writer(audio_path, wave, sample_rate)
     partials: list[Path] = []
     plan_placed = False

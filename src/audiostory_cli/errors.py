@@ -23,6 +23,16 @@ class InputError(AudiostoryError):
     """A value given by the user (prompt, duration, path, option) is out of range or malformed."""
 
 
+class OptionError(InputError):
+    """A value given for one setting (a command-line option, the output path) is malformed or out of range.
+    ``field`` names the setting (a ``RenderOptions`` field, "output", "outdir", "batch_size"); the CLI shows
+    it as a usage error naming its option (exit 2)."""
+
+    def __init__(self, message: str, *, field: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
+
+
 class PlanError(AudiostoryError):
     """A plan file or a planner's answer does not satisfy the plan schema."""
 

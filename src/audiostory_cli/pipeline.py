@@ -6,11 +6,13 @@ Data flow: ``StoryRequest -> Planner.plan -> Plan -> Conditioner.condition -> De
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import audio_io, loudness, mix
+from .errors import InputError
 from .decoders.base import ClipRequest
 from .settings import RenderOptions
 from .story import Plan, Progress, ProgressFn, StoryRequest, Track, clip_seed, no_progress, plan_to_json
@@ -20,11 +22,18 @@ if TYPE_CHECKING:
     from .decoders.base import Decoder
 
 EVENT_MARGIN_S = 0.05  # planned events stay this far below the decoder window, for rounding to milliseconds
-DEFAULT_BATCH_SIZE = "auto"  # clips denoised together: what suits the device (``auto_batch_size``)
 FALLBACK_BATCH_SIZE = 4  # "auto" for a decoder on an accelerator that cannot estimate its memory
 CPU_BATCH_SIZE = 1  # "auto" on a CPU: batching gains nothing there, one clip (and its guidance row) at a time
 #   is ~5-10 % faster a clip than four together (real-size TangoFlux DiT, 2 cores: benchmarks/README.md)
-MAX_AUTO_BATCH_SIZE = 16  # ``batch_size="auto"`` never goes above this (past it a batch gains nothing)
+MAX_AUTO_BATCH_SIZE = 16  # ``batch_size`` None ("auto") never goes above this (past it a batch gains nothing)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What ``render_plan`` made, and how."""
+
+    track: Track  # the mixed story, exactly plan.total_s long
+    options: RenderOptions  # the options used: steps, guidance and batch size filled in, the decoder recorded
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,23 @@ class StoryResult:
 def plan_path_for(audio_path: Path) -> Path:
     """``story.wav`` -> ``story.plan.json``, beside the audio."""
     return audio_path.with_name(audio_path.stem + ".plan.json")
+
+
+def check_story_output(output: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The audio file and the plan beside it, checked before any work (``audio_io.check_output_path``, and the
+    plan path free or an overwritable file): both resolved. Raises ``InputError``/``AudioIOError``."""
+    given = Path(output).expanduser() if "\x00" not in os.fspath(output) else None  # NUL: check_output_path says
+    over = audio_io.name_overflow(plan_path_for(given)) if given is not None and given.suffix else 0
+    if over:  # the plan's name is the longer one: say it in terms of the name the user gave
+        size = len(os.fsencode(given.name))
+        raise InputError(
+            f"output name {given.name[:40]!r}... is {size} bytes: too long for this file system once the plan "
+            f"beside it ({given.stem[:20]}....plan.json) and its hidden partial file add their suffixes",
+            hint=f"use a name of at most {size - over} bytes",
+        )
+    audio = audio_io.check_output_path(output)
+    plan = plan_path_for(audio)
+    return audio, audio_io.check_target(plan, "plan path")
 
 
 def longest_event_s(clip_window_s: float, crossfade_s: float) -> float:
@@ -70,11 +96,14 @@ def plan_story(planner, request: StoryRequest, *, progress: ProgressFn = no_prog
 
 
 def resolve_options(options: RenderOptions, decoder: Decoder) -> RenderOptions:
-    """The options a render really uses: the decoder's own steps and guidance where none were given, and the
-    decoder recorded (unless an AudioStory model brought it); refused if the decoder cannot honour them."""
+    """The options a render really uses: the decoder's own steps and guidance where none were given, the batch
+    size that suits its device (``auto_batch_size``) where none was, and the decoder recorded (unless an
+    AudioStory model brought it); refused if the decoder cannot honour them (``run_setup`` checked the same
+    from its config files already; this is for callers of the library that skip it)."""
     caps = decoder.caps
     caps.check(options)
-    resolved = options.resolved(caps.default_steps, caps.default_guidance)
+    batch_size = auto_batch_size(decoder) if options.batch_size is None else None
+    resolved = options.resolved(caps.default_steps, caps.default_guidance, batch_size)
     return resolved if options.model is not None else replace(resolved, decoder=decoder.ref)
 
 
@@ -84,12 +113,11 @@ def render_plan(
     options: RenderOptions,
     conditioner: Conditioner,
     *,
-    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: ProgressFn = no_progress,
-) -> Track:
-    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``.
-    ``batch_size``: clips denoised together, or ``"auto"`` (``auto_batch_size``); it changes the audio by float
-    rounding only."""
+) -> Rendered:
+    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``; also return the
+    options used (what the plan saves). ``options.batch_size`` (clips denoised together; None: what suits the
+    device) changes the audio by float rounding only, and is saved like every other setting."""
     # 1. The settings used, and how long each clip must be (its span plus the crossfade tail), and where.
     options = resolve_options(options, decoder)
     sample_rate = decoder.caps.sample_rate
@@ -112,9 +140,7 @@ def render_plan(
         for e in plan.events
     ]
     # 4. Denoise and decode.
-    if batch_size == "auto":
-        batch_size = auto_batch_size(decoder)
-    clips = decoder.render(requests, options, batch_size=batch_size, progress=progress)
+    clips = decoder.render(requests, options, batch_size=options.batch_size, progress=progress)
     # 5. Crossfade, place on the timeline, control the level.
     progress(Progress("mix", 0, 1, "mixing"))
     track = mix.compose(plan, clips, options.crossfade_s, peak_dbfs=options.peak_dbfs)
@@ -124,7 +150,7 @@ def render_plan(
         )
         track = replace(track, wave=wave)
     progress(Progress("mix", 1, 1, "mixed"))
-    return track
+    return Rendered(track, options)
 
 
 def render_to_file(
@@ -134,16 +160,14 @@ def render_to_file(
     conditioner: Conditioner,
     output: Path,
     *,
-    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
     """``render_plan`` then write the audio and ``<name>.plan.json`` (with every setting used) as a pair: the
     audio lands last, so an audio file never stands without the plan that reproduces it."""
-    output = audio_io.check_output_path(output)
-    track = render_plan(decoder, plan, options, conditioner, batch_size=batch_size, progress=progress)
-    rendered = plan.with_render(resolve_options(options, decoder))
+    output, plan_path = check_story_output(output)
+    done = render_plan(decoder, plan, options, conditioner, progress=progress)
+    track, rendered = done.track, plan.with_render(done.options)
     progress(Progress("write", 0, 1, str(output)))
-    plan_path = plan_path_for(output)
     audio_io.write_story_files(output, track.wave, track.sample_rate, plan_path, plan_to_json(rendered))
     progress(Progress("write", 1, 1, str(output)))
     return StoryResult(rendered, output, plan_path, track.duration_s, track.sample_rate)
@@ -157,11 +181,10 @@ def generate_story(
     conditioner: Conditioner,
     output: Path,
     *,
-    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: ProgressFn = no_progress,
 ) -> StoryResult:
     """Prompt to file: plan, render, mix, write. The request's seed and the planner are recorded."""
-    output = audio_io.check_output_path(output)
+    check_story_output(output)
     plan = plan_story(planner, request, progress=progress)
     options = replace(options, seed=request.seed, planner=planner.ref)
-    return render_to_file(decoder, plan, options, conditioner, output, batch_size=batch_size, progress=progress)
+    return render_to_file(decoder, plan, options, conditioner, output, progress=progress)

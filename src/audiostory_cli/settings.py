@@ -1,9 +1,10 @@
 """``RenderOptions``: every setting that changes the audio, checked once here, saved whole as ``plan["render"]``.
 
 The command line, a saved plan and the pipeline all build this one dataclass, so a range is written in one
-place and ``render story.plan.json`` gets back exactly what ``generate`` used. ``steps`` and ``guidance``
-may be None ("the decoder's own"); ``resolved`` fills them from the decoder before a render, and the plan
-saves the values used. No torch here.
+place and ``render story.plan.json`` gets back exactly what ``generate`` used. ``steps``, ``guidance`` and
+``batch_size`` may be None ("the decoder's own", "what suits the device"); ``resolved`` fills them in before a
+render, and the plan saves the values used. ``merge_options`` is the one place the command line, a saved plan
+and the defaults are merged. No torch here.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
-from .errors import InputError, PlanError
+from .errors import InputError, OptionError, PlanError
 
 DEFAULT_COHERENCE = 0.3  # weight of the residual query at fusion (0 = off); see benchmarks/coherence.py
 DEFAULT_CROSSFADE_S = 1.0  # overlap between consecutive foreground clips
@@ -25,6 +27,9 @@ MAX_GUIDANCE = 50.0  # classifier-free guidance scale
 MAX_CROSSFADE_S = 10.0  # seconds two consecutive clips may overlap
 LOUDNESS_RANGE_LUFS = (-70.0, 0.0)  # integrated loudness targets
 PEAK_RANGE_DBFS = (-60.0, 0.0)  # peak ceilings
+MAX_BATCH_SIZE = 64  # clips denoised together
+MODEL_REFS = ("decoder", "planner", "bridge", "model")  # the fields that name models
+MODEL_EXCLUSIVE = ("planner", "decoder", "bridge", "coherence")  # what an AudioStory model brings itself
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class RenderOptions:
     planner: str | None = None  # planner reference that wrote the plan; None for a hand-written plan
     bridge: str | None = None  # trained bridge adapter used in place of the text encoder, if any
     model: str | None = None  # AudioStory checkpoint that planned, conditioned and rendered, if any
+    batch_size: int | None = None  # clips denoised together (it changes the samples by float rounding); None: what
+    #                                suits the device (pipeline.auto_batch_size); a rendered plan saves the number used
 
     def __post_init__(self) -> None:
         _check_int("seed", self.seed, 0, MAX_SEED)
@@ -60,17 +67,21 @@ class RenderOptions:
         if self.loudness_lufs is not None:
             _check_range("loudness", self.loudness_lufs, *LOUDNESS_RANGE_LUFS, "LUFS")
         _check_range("peak", self.peak_dbfs, *PEAK_RANGE_DBFS, "dBFS")
-        for name in ("decoder", "planner", "bridge", "model"):
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        for name in MODEL_REFS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise InputError(f"{name} = {value!r}: must be a model reference (a path or a hub id)")
 
-    def resolved(self, default_steps: int, default_guidance: float) -> RenderOptions:
-        """These options with ``steps``/``guidance`` left to the decoder filled in with its own values."""
+    def resolved(self, default_steps: int, default_guidance: float, batch_size: int | None = None) -> RenderOptions:
+        """These options with ``steps``/``guidance`` left to the decoder filled in with its own values, and
+        ``batch_size`` left to the device with ``batch_size`` (when given)."""
         return replace(
             self,
             steps=default_steps if self.steps is None else self.steps,
             guidance=default_guidance if self.guidance is None else self.guidance,
+            batch_size=batch_size if self.batch_size is None else self.batch_size,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +113,54 @@ def options_from_dict(raw: Any, where: str = "render.") -> RenderOptions:
         return RenderOptions(**values)
     except InputError as err:
         raise PlanError(f"{where}{err}") from None
+
+
+def merge_options(saved: RenderOptions | None = None, **given: Any) -> RenderOptions:
+    """The options of one run: the values ``given`` (RenderOptions fields; None: not given) win, then ``saved``
+    (a plan's render block), then the defaults. Model references that name local files become absolute paths,
+    so a saved plan works from any folder. A decoder or bridge given replaces a saved AudioStory model; a model
+    given replaces a saved decoder and bridge. A bad value is an ``OptionError`` naming its field."""
+    values = {name: value for name, value in given.items() if value is not None}
+    for name in MODEL_REFS:
+        if name in values:
+            values[name] = _model_ref(name, values[name])
+    base = saved or RenderOptions()
+    if {"decoder", "bridge"} & values.keys():
+        base = replace(base, model=None)
+    if "model" in values:
+        base = replace(base, decoder=None, bridge=None)
+    if values.get("model", base.model) is not None:
+        clash = [name for name in MODEL_EXCLUSIVE if name in values]
+        if clash:
+            raise OptionError(
+                f"--model brings its own planner, decoder and fusion; drop {', '.join('--' + c for c in clash)}",
+                field="model",
+            )
+    try:
+        return replace(base, **values)
+    except InputError as err:
+        raise OptionError(str(err), field=str(err).split(" ", 1)[0]) from None
+
+
+MAX_REF_CHARS = 4096  # a model reference longer than this is no path (PATH_MAX) and no hub id
+
+
+def _model_ref(name: str, ref: Any) -> str:
+    """A model reference as saved: a local path made absolute (a bridge always), a hub id or URL as given."""
+    from .checkpoints import canonical_ref
+
+    text = str(ref)
+    if not text.strip() or "\x00" in text or len(text) > MAX_REF_CHARS:
+        what = "is empty" if not text.strip() else "holds a NUL byte" if "\x00" in text else f"has {len(text)} chars"
+        raise OptionError(f"{name} = {text[:60]!r}: {what}; must be a path or a hub id", field=name)
+    try:
+        Path(text).expanduser().exists()  # raises for what no file system takes (a name too long)
+        if name == "bridge":  # a folder, saved by its absolute path whether or not it is there yet
+            return str(Path(text).expanduser().resolve())
+        return canonical_ref(text)
+    except (OSError, ValueError) as err:  # a name too long for the file system, a loop of links
+        reason = getattr(err, "strerror", None) or str(err)
+        raise OptionError(f"{name} = {text[:60]!r}: {reason}", field=name) from None
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

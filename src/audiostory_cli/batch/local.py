@@ -22,17 +22,10 @@ from typing import TYPE_CHECKING, Any
 from .. import audio_io
 from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from ..errors import AudiostoryError
-from ..pipeline import (
-    DEFAULT_BATCH_SIZE,
-    StoryResult,
-    longest_event_s,
-    plan_path_for,
-    plan_story,
-    render_plan,
-    resolve_options,
-)
+from ..pipeline import StoryResult, plan_path_for, plan_story, render_plan
+from ..run_setup import Notify, resolve_hardware, story_request
 from ..settings import RenderOptions
-from ..story import Plan, Progress, ProgressFn, StoryRequest, default_max_events, no_progress, plan_to_json
+from ..story import Plan, Progress, ProgressFn, no_progress, plan_to_json
 from . import resume
 from .manifest import ManifestWriter, Record, manifest_path, now_utc
 from .prompts import BatchItem, safe_output_name
@@ -46,11 +39,10 @@ class BatchSettings:
     """What every line of one batch run shares; sent whole to each Ray actor, so plain values only."""
 
     outdir: Path  # the output folder (absolute: on a cluster, the same path on every node)
-    options: RenderOptions  # render settings as given (None: the decoder's own), model references filled in
+    options: RenderOptions  # render settings as given (None: the decoder's, device's own), model refs filled in
     default_duration_s: float  # length of a story whose line gives none
     max_events: int | None = None  # most events per story; None: enough for the duration (default_max_events)
     extension: str = ".wav"  # of the derived file names
-    batch_size: int | str = DEFAULT_BATCH_SIZE  # clips denoised together, or "auto"
     force: bool = False  # render finished stories again
     planner_model: str | None = None  # --planner-model (a model on a planner server): part of each recorded request
 
@@ -100,14 +92,12 @@ def with_default_refs(options: RenderOptions) -> RenderOptions:
     return replace(options, planner=options.planner or DEFAULT_PLANNER, decoder=options.decoder or DEFAULT_DECODER)
 
 
-def load_batch_models(spec: ModelSpec) -> BatchModels:
+def load_batch_models(spec: ModelSpec, *, notify: Notify | None = None) -> BatchModels:
     """Load the planner, decoder and conditioner ``spec`` names (or the AudioStory checkpoint, which brings
-    all three), on the device and dtype it asks for."""
-    from ..devices import resolve_device, resolve_dtype
+    all three), on the device and dtype it asks for (resolved here, per process: ``run_setup.resolve_hardware``)."""
     from ..registry import load_models
 
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+    device, dtype = resolve_hardware(spec.device, spec.dtype, notify=notify)
     options = spec.options
     models = load_models(options, device=device, dtype=dtype, planner_model=spec.planner_model,
                          planner_engine=spec.planner_engine)  # fmt: skip
@@ -128,7 +118,7 @@ def make_tasks(items: Sequence[BatchItem], settings: BatchSettings) -> list[Stor
                 audio_io.check_extension(Path(output).suffix)
                 request = resume.request_record(
                     prompt=item.prompt, duration_s=total_s, seed=seed, tone=item.tone,
-                    max_events=settings.max_events, render=replace(settings.options, seed=seed).to_dict(),
+                    max_events=settings.max_events, render=_request_render(replace(settings.options, seed=seed)),
                     **({"planner_model": settings.planner_model} if settings.planner_model else {}),
                 )  # fmt: skip
             except AudiostoryError as err:
@@ -138,20 +128,24 @@ def make_tasks(items: Sequence[BatchItem], settings: BatchSettings) -> list[Stor
     return tasks
 
 
+def _request_render(options: RenderOptions) -> dict:
+    """The render settings a line's request records: all of them, but a batch size left to the device only
+    when one was given (like the device itself; and so folders from before it was saved still resume)."""
+    render = options.to_dict()
+    if options.batch_size is None:
+        del render["batch_size"]
+    return render
+
+
 # --- the per-story function: the same on one machine and on every Ray actor ------------------------------
 
 
 def plan_task(models: BatchModels, task: StoryTask, settings: BatchSettings, progress: ProgressFn) -> Plan:
     """Step 1 of a story: the plan (the planner's LLM only)."""
-    max_event_s = longest_event_s(models.decoder.caps.window_s, settings.options.crossfade_s)
-    request = StoryRequest(
-        prompt=task.prompt,
-        total_s=task.total_s,
-        seed=task.seed,
-        tone=task.tone,
-        max_events=settings.max_events or default_max_events(task.total_s, max_event_s),
-        max_event_s=max_event_s,
-    )
+    request = story_request(
+        task.prompt, task.total_s, seed=task.seed, tone=task.tone, max_events=settings.max_events,
+        window_s=models.decoder.caps.window_s, crossfade_s=settings.options.crossfade_s,
+    )  # fmt: skip
     return plan_story(models.planner, request, progress=progress)
 
 
@@ -161,10 +155,8 @@ def render_task(
     """Step 2 of a story: render, mix, then commit audio and plan (with its request) as a pair."""
     output = settings.outdir / task.output
     options = replace(settings.options, seed=task.seed, planner=models.planner.ref)
-    track = render_plan(
-        models.decoder, plan, options, models.conditioner, batch_size=settings.batch_size, progress=progress
-    )
-    rendered = replace(plan.with_render(resolve_options(options, models.decoder)), request=task.request)
+    done = render_plan(models.decoder, plan, options, models.conditioner, progress=progress)
+    track, rendered = done.track, replace(plan.with_render(done.options), request=task.request)
     plan_path = plan_path_for(output)
     audio_io.write_story_files(
         output, track.wave, track.sample_rate, plan_path, plan_to_json(rendered),

@@ -13,9 +13,7 @@ import typer
 
 from .. import __version__, audio_io
 from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
-from ..errors import AudiostoryError, ModelNotFoundError
-from ..settings import RenderOptions
-from ..story import MAX_EVENTS, StoryRequest, default_max_events, load_plan, plan_to_json
+from ..story import MAX_EVENTS, load_plan, plan_to_json
 from .display import ProgressView, errors, print_result, show_actors, show_plan, show_record, show_summary, stderr
 from .options import (
     BatchSizeOpt,
@@ -34,14 +32,25 @@ from .options import (
     PlannerModelOpt,
     PlannerOpt,
     PlotOpt,
+    SavedBatchSizeOpt,
+    SavedBridgeOpt,
+    SavedCoherenceOpt,
+    SavedContinuationOpt,
+    SavedCrossfadeOpt,
+    SavedDecoderOpt,
+    SavedGuidanceOpt,
+    SavedLoudnessOpt,
+    SavedModelOpt,
+    SavedSeedOpt,
+    SavedStepsOpt,
+    SavedWindowOpt,
     SeedOpt,
     StepsOpt,
     WindowOpt,
     check_duration,
-    check_output,
     check_plot_output,
     check_prompt,
-    render_options,
+    model_ref,
 )
 
 app = typer.Typer(
@@ -59,49 +68,16 @@ app = typer.Typer(
 # --- loading ---------------------------------------------------------------------------------------------
 
 
-def _hardware(device: str, dtype: str):
-    from ..devices import resolve_device, resolve_dtype
-
-    def notify(message: str) -> None:
-        stderr.print(f"audiostory: {message}", soft_wrap=True)
-
-    torch_device = resolve_device(device, notify=notify)
-    return torch_device, resolve_dtype(dtype, torch_device, notify=notify)
+def _notify(message: str) -> None:
+    """What the library has to say (the device auto picked, a dtype fallback): one line on stderr."""
+    stderr.print(f"audiostory: {message}", soft_wrap=True)
 
 
-def _check_capabilities(options: RenderOptions, *, dry_run: bool = False):
-    """Refuse what the decoder cannot honour before any weight loads; returns its caps (None for --model,
-    whose decoder is known only once loaded)."""
-    from ..decoders import tangoflux
-    from ..registry import describe_decoder
-
-    if options.model is not None:
-        return None
-    try:
-        caps = describe_decoder(options.decoder or DEFAULT_DECODER)
-    except ModelNotFoundError:
-        if not dry_run or options.decoder is not None:
-            raise
-        caps = tangoflux.default_caps()  # a plan for the default decoder, whose files need not be here yet
-    bridge_width = None
-    if options.bridge is not None:
-        from ..conditioning.trained_bridge import BridgeAdapter
-
-        bridge_width = BridgeAdapter.read_config(options.bridge).text_dim
-    caps.check(options, bridge_width=bridge_width)
-    return caps
-
-
-def _load_models(options: RenderOptions, device, dtype, **needs):
-    """``registry.load_models`` with a spinner on stderr for each model."""
+def _load_models(setup, **needs):
+    """``registry.load_models`` for a run set up by ``run_setup``, with a spinner on stderr for each model."""
     from ..registry import load_models
 
-    return load_models(options, device=device, dtype=dtype, status=stderr.status, **needs)
-
-
-def _bridge_ref(path: Optional[Path]) -> Optional[str]:
-    """A bridge is saved in plans by its absolute folder, so ``render`` finds it from anywhere."""
-    return None if path is None else str(path.expanduser().resolve())
+    return load_models(setup.options, device=setup.device, dtype=setup.dtype, status=stderr.status, **needs)
 
 
 def _check_plot(plot: bool) -> None:
@@ -129,8 +105,8 @@ def generate(
     prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The story, e.g. 'a storm reaches a quiet harbor, a ship's bell "
                                           "rings, the rain stops and gulls return'.", callback=check_prompt)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Audio file to write: .wav, .flac, "
-                      ".ogg, .mp3 (or .m4a/.aac with ffmpeg). A plan is saved beside it as <name>.plan.json.",
-                      callback=check_output)] = None,
+                      ".ogg, .mp3 (or .m4a/.aac with ffmpeg), in a folder that exists. A plan is saved beside it as "
+                      "<name>.plan.json.")] = None,
     duration: Annotated[float, typer.Option("--duration", "-d", help="Length of the story in seconds (max 600).",
                         callback=check_duration)] = 30.0,
     max_events: Annotated[Optional[int], typer.Option("--max-events", min=1, max=MAX_EVENTS,
@@ -160,34 +136,26 @@ def generate(
     plot: PlotOpt = False,
 ) -> None:
     """Plan a story with the LLM and render it to one audio file."""
-    from ..pipeline import generate_story, longest_event_s, plan_story
+    from ..pipeline import generate_story, plan_story
+    from ..run_setup import setup_run
 
     if output is None and not dry_run:
         raise typer.BadParameter("an output file is needed (or use --dry-run)", param_hint="'--output' / '-o'")
     if plot and output is None:
         raise typer.BadParameter("with --dry-run, --plot needs -o: the picture goes beside it as <name>.png",
                                  param_hint="'--plot'")  # fmt: skip
-    options = render_options(
-        seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
-        continuation=continuation, window=window, loudness_lufs=loudness, planner=planner, decoder=decoder,
-        bridge=_bridge_ref(bridge_path), model=model,
-    )  # fmt: skip
+    given = dict(seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
+                 continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
+                 planner=planner, decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
     with errors():
         _check_plot(plot)
-        caps = _check_capabilities(options, dry_run=dry_run)
-        torch_device, torch_dtype = _hardware(device, dtype)
-        models = _load_models(options, torch_device, torch_dtype, need_decoder=not dry_run,
-                              planner_model=planner_model, planner_engine=planner_engine)  # fmt: skip
-        window_s = models.decoder.caps.window_s if models.decoder else caps.window_s
-        max_event_s = longest_event_s(window_s, options.crossfade_s)
-        request = StoryRequest(
-            prompt=prompt,
-            total_s=duration,
-            seed=options.seed,
-            tone=tone,
-            max_events=max_events or default_max_events(duration, max_event_s),
-            max_event_s=max_event_s,
-        )
+        setup = setup_run(given, output=output, device=device, dtype=dtype, dry_run=dry_run, notify=_notify)
+        sized = dict(tone=tone, max_events=max_events)
+        request = setup.story_request(prompt, duration, **sized) if setup.caps is not None else None
+        models = _load_models(setup, need_decoder=not dry_run, planner_model=planner_model,
+                              planner_engine=planner_engine)  # fmt: skip
+        if request is None:  # --model: its decoder's window is known now
+            request = setup.story_request(prompt, duration, **sized, window_s=models.decoder.caps.window_s)
         if dry_run:
             with ProgressView() as view:
                 plan = plan_story(models.planner, request, progress=view)
@@ -198,10 +166,8 @@ def generate(
                 typer.echo(plan_to_json(plan), nl=False)
             return
         with ProgressView() as view:
-            result = generate_story(
-                models.planner, models.decoder, request, options, models.conditioner, output,
-                batch_size=batch_size, progress=view,
-            )  # fmt: skip
+            result = generate_story(models.planner, models.decoder, request, setup.options, models.conditioner,
+                                    setup.output, progress=view)  # fmt: skip
         show_plan(result.plan)
         if plot:
             _plot_beside(result.plan, result.audio_path, over_audio=True)
@@ -213,46 +179,44 @@ def render(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN.json", help="A plan written by `generate` or by hand "
                          "(see examples/plan.json).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Audio file to write (.wav, .flac, .ogg, .mp3, "
-                      ".m4a, .aac).", callback=check_output)],
-    seed: SeedOpt = None,
-    steps: StepsOpt = None,
-    guidance: GuidanceOpt = None,
-    crossfade: CrossfadeOpt = None,
-    window: WindowOpt = None,
-    batch_size: BatchSizeOpt = "auto",
-    loudness: LoudnessOpt = None,
-    coherence: CoherenceOpt = None,
-    continuation: ContinuationOpt = None,
-    bridge_path: BridgeOpt = None,
-    planner: Annotated[Optional[str], typer.Option("--planner", help="With --bridge: the planner LLM it reads "
+                      ".m4a, .aac), in a folder that exists; the plan it was rendered with is saved beside it as "
+                      "<name>.plan.json.")],
+    seed: SavedSeedOpt = None,
+    steps: SavedStepsOpt = None,
+    guidance: SavedGuidanceOpt = None,
+    crossfade: SavedCrossfadeOpt = None,
+    window: SavedWindowOpt = None,
+    batch_size: SavedBatchSizeOpt = "auto",
+    loudness: SavedLoudnessOpt = None,
+    coherence: SavedCoherenceOpt = None,
+    continuation: SavedContinuationOpt = None,
+    bridge_path: SavedBridgeOpt = None,
+    planner: Annotated[Optional[str], typer.Option("--planner", help="With a bridge: the planner LLM it reads "
                        "[default: the one the bridge was trained with].")] = None,
-    decoder: DecoderOpt = None,
-    model: ModelOpt = None,
+    decoder: SavedDecoderOpt = None,
+    model: SavedModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
     plot: PlotOpt = False,
 ) -> None:
     """Render a plan file, no planner. Every setting that changes the audio (seed, steps, guidance, crossfade,
-    coherence, continuation, window, loudness, decoder, bridge, model) defaults to the value saved in the
-    plan, so rendering a saved plan reproduces its audio sample for sample."""
+    window, batch size, loudness, coherence, continuation, bridge, decoder, model) defaults to the value saved
+    in the plan, so rendering a saved plan reproduces its audio sample for sample."""
     from ..pipeline import render_to_file
+    from ..run_setup import setup_run
 
+    given = dict(seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
+                 continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
+                 decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
     with errors():
         _check_plot(plot)
         plan = load_plan(plan_file)
-        options = render_options(
-            plan.render, seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
-            continuation=continuation, window=window, loudness_lufs=loudness, decoder=decoder,
-            bridge=_bridge_ref(bridge_path), model=model,
-        )  # fmt: skip
-        _check_capabilities(options)
-        torch_device, torch_dtype = _hardware(device, dtype)
-        models = _load_models(options, torch_device, torch_dtype, need_planner=False, bridge_planner=planner)
+        setup = setup_run(given, saved=plan.render, output=output, device=device, dtype=dtype, notify=_notify)
+        models = _load_models(setup, need_planner=False, bridge_planner=planner)
         with ProgressView() as view:
-            result = render_to_file(
-                models.decoder, plan, options, models.conditioner, output, batch_size=batch_size, progress=view
-            )
+            result = render_to_file(models.decoder, plan, setup.options, models.conditioner, setup.output,
+                                    progress=view)  # fmt: skip
         if plot:
             _plot_beside(result.plan, result.audio_path, over_audio=True)
         print_result(result, as_json)
@@ -262,9 +226,12 @@ def render(
 def batch(
     prompts_file: Annotated[Path, typer.Argument(metavar="PROMPTS_FILE", help="One prompt per line, or JSON Lines "
                             "with prompt, duration, seed, output, tone (see examples/).")],
-    outdir: Annotated[Path, typer.Option("--outdir", "-d", help="Folder for the audio files (created if missing).")],
+    outdir: Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Folder for the audio files and their "
+                      "plans (created if missing).")] = None,
+    outdir_old: Annotated[Optional[Path], typer.Option("-d", hidden=True, help="The old spelling of --outdir "
+                          "(deprecated: -d is --duration in generate).")] = None,
     duration: Annotated[float, typer.Option("--duration", help="Length of each story unless its line says "
-                        "otherwise.", callback=check_duration)] = 30.0,
+                        "otherwise (max 600).", callback=check_duration)] = 30.0,
     audio_format: Annotated[str, typer.Option("--format", help="Extension of the derived file names: wav, flac, "
                             "ogg, mp3, m4a or aac.")] = "wav",
     max_events: Annotated[Optional[int], typer.Option("--max-events", min=1, max=MAX_EVENTS,
@@ -301,45 +268,43 @@ def batch(
 ) -> None:
     """Generate one story per prompt; models load once. Resumable: a story already in the folder (audio and
     plan, same request) is skipped, so running the command again finishes what a killed run left. Each line's
-    outcome is appended to DIR/manifest.jsonl. A bad prompt is reported and skipped; exit 1 if any failed."""
+    outcome is appended to OUTDIR/manifest.jsonl. A bad prompt is reported and skipped; exit 1 if any failed."""
     from ..batch.local import BatchRun, BatchSettings, ModelSpec, load_batch_models, make_tasks, run_local
     from ..batch.local import with_default_refs
     from ..batch.prompts import read_prompts_file
+    from ..run_setup import setup_run
 
-    options = render_options(
-        seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
-        continuation=continuation, window=window, loudness_lufs=loudness, planner=planner, decoder=decoder,
-        bridge=_bridge_ref(bridge_path), model=model,
-    )  # fmt: skip
+    outdir = _batch_outdir(outdir, outdir_old)
+    given = dict(seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
+                 continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
+                 planner=planner, decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
     with errors():
         extension = "." + audio_format.lower().lstrip(".")
         audio_io.check_extension(extension)
         items = read_prompts_file(prompts_file)
-        if outdir.exists() and not outdir.is_dir():
-            raise AudiostoryError(f"--outdir {outdir} is a file", hint="give a folder")
         if ray_address is not None:
             from ..batch.ray import import_ray
 
             import_ray()  # a missing extra is one line, before anything else happens
-        _check_capabilities(options)
+        setup = setup_run(given, outdir=outdir, device=None, dtype=dtype)  # each process resolves its device
         settings = BatchSettings(
-            outdir=outdir.expanduser().resolve(), options=with_default_refs(options), default_duration_s=duration,
-            max_events=max_events, extension=extension, batch_size=batch_size, force=force, planner_model=planner_model,
+            outdir=setup.outdir, options=with_default_refs(setup.options), default_duration_s=duration,
+            max_events=max_events, extension=extension, force=force, planner_model=planner_model,
         )  # fmt: skip
         tasks = make_tasks(items, settings)
         spec = ModelSpec(settings.options, device=device, dtype=dtype, planner_model=planner_model,
                          planner_engine=planner_engine)  # fmt: skip
         with BatchRun(tasks, settings, on_record=show_record) as run:
             if run.cleaned:
-                stderr.print(f"removed {len(run.cleaned)} temporary files a killed run left in {settings.outdir}")
+                stderr.print(f"removed {len(run.cleaned)} temporary files a killed run left in {settings.outdir}",
+                             soft_wrap=True)  # fmt: skip
             if run.todo and ray_address is not None:
                 from ..batch.ray import run_on_ray
 
                 records = run_on_ray(run, spec, ray_address, on_start=show_actors)
             elif run.todo:
-                _hardware(device, dtype)  # says which device --device auto picked
                 with stderr.status(f"loading models for {len(run.todo)} stories"):
-                    models = load_batch_models(spec)
+                    models = load_batch_models(spec, notify=_notify)
                 with ProgressView() as view:
                     records = run_local(run, models, overlap=overlap, progress=view)
             else:
@@ -349,6 +314,20 @@ def batch(
         if failed:
             stderr.print(f"[bold red]error:[/] {failed} of {len(records)} prompts failed")
             raise typer.Exit(1)
+
+
+def _batch_outdir(outdir: Optional[Path], old: Optional[Path]) -> Path:
+    """``--outdir``/``-o``, or the deprecated ``-d`` with a warning (``-d`` is ``--duration`` in generate)."""
+    if old is not None:
+        if outdir is not None:
+            raise typer.BadParameter("give the folder once (-d is the old spelling of --outdir)",
+                                     param_hint="'--outdir' / '-o'")  # fmt: skip
+        stderr.print("audiostory: batch -d is deprecated, use -o/--outdir (-d is --duration in generate)",
+                     soft_wrap=True)  # fmt: skip
+        return old
+    if outdir is None:
+        raise typer.BadParameter("a folder for the audio files is needed", param_hint="'--outdir' / '-o'")
+    return outdir
 
 
 @app.command("train-bridge")
@@ -379,9 +358,11 @@ def train_bridge_command(
     from ..registry import load_decoder, load_planner
     from ..training.bridge import read_captions, train_bridge
 
+    from ..run_setup import resolve_hardware
+
     with errors():
         texts = read_captions(captions)
-        torch_device, torch_dtype = _hardware(device, dtype)
+        torch_device, torch_dtype = resolve_hardware(device, dtype, notify=_notify)
         planner_ref, decoder_ref = planner or DEFAULT_PLANNER, decoder or DEFAULT_DECODER
         with stderr.status(f"loading planner {planner_ref}"):
             story_planner = load_planner(planner_ref, device=torch_device, dtype=torch_dtype, hidden_states=True)

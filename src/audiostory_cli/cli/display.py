@@ -1,6 +1,8 @@
 """What the CLI shows: errors as one line, progress bars, the plan table, results and batch summaries.
 
-stdout carries results (paths, or JSON with ``--json``); stderr carries progress, tables and errors.
+stdout carries results (paths, or JSON with ``--json``); stderr carries progress, tables and errors. Where
+stderr is not a terminal (a log file, CI), tables are plain lines instead: one a row, tab-separated, nothing
+cut or wrapped.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColu
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from ..errors import AudiostoryError
+from ..errors import AudiostoryError, OptionError
 from ..story import Plan, Progress
 
 stderr = Console(stderr=True, highlight=False)
 DEBUG_ENV = "AUDIOSTORY_DEBUG"
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: control characters a user typed (a newline, a carriage return in a file name)
+    shown escaped, so an error never spans or overwrites lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @contextmanager
@@ -30,10 +38,16 @@ def errors() -> Iterator[None]:
     """The one place errors become messages: one red line on stderr, exit 1."""
     try:
         yield
+    except OptionError as err:  # a setting the user gave: a usage error naming its option (exit 2)
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        from .options import usage_error
+
+        raise usage_error(err) from None
     except AudiostoryError as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        stderr.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)  # "[ray]" is text, not a style
+        stderr.print(f"[bold red]error:[/] {escape(one_line(str(err)))}", soft_wrap=True)  # "[ray]": text, no style
         stderr.print(f"[dim](set {DEBUG_ENV}=1 for the full traceback)[/]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -80,8 +94,20 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
+def _plain_rows(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table as plain lines for a stderr that is not a terminal: the title, the header, one line a row,
+    tab-separated (tabs and line breaks inside a cell become spaces), nothing cut."""
+    lines = [title, *("\t".join(" ".join(str(cell).split()) for cell in row) for row in (header, *rows))]
+    stderr.file.write("\n".join(lines) + "\n")  # past rich, which would expand the tabs
+
+
 def show_plan(plan: Plan) -> None:
-    stderr.print(plan_table(plan))
+    if not stderr.is_terminal:
+        rows = [(e.index, f"{e.start_s:.2f}", f"{e.duration_s:.2f}", e.caption, e.tone, e.layer) for e in plan.events]
+        _plain_rows(f"plan: {len(plan.events)} events, {plan.total_s:g} s",
+                    ("#", "start", "duration", "caption", "tone", "layer"), rows)  # fmt: skip
+    else:
+        stderr.print(plan_table(plan))
     if plan.tone:
         stderr.print(f"tone: {plan.tone}")
     if plan.reasoning:
@@ -95,7 +121,7 @@ def print_result(result, as_json: bool) -> None:
                                "duration_s": result.duration_s, "sample_rate": result.sample_rate}))  # fmt: skip
     else:
         typer.echo(str(result.audio_path))
-    stderr.print(f"wrote {result.audio_path} ({result.duration_s:.2f} s) and {result.plan_path}")
+    stderr.print(f"wrote {result.audio_path} ({result.duration_s:.2f} s) and {result.plan_path}", soft_wrap=True)
 
 
 _STATUS_COLOURS = {"ok": "green", "skipped": "cyan", "failed": "red"}
@@ -105,7 +131,7 @@ def show_record(record) -> None:
     """One batch line's outcome on stderr, the moment it is known."""
     colour = _STATUS_COLOURS[record.status]
     what = record.error if record.status == "failed" else f"{record.status}: {record.output}"
-    stderr.print(f"[{colour}]line {record.line}[/]: {escape(what)}", soft_wrap=True)
+    stderr.print(f"[{colour}]line {record.line}[/]: {escape(one_line(what))}", soft_wrap=True)
 
 
 def show_actors(plan) -> None:
@@ -116,17 +142,23 @@ def show_actors(plan) -> None:
 
 def show_summary(records, outdir: Path, as_json: bool) -> None:
     """The table on stderr; on stdout each finished story's audio path, or with ``--json`` each record
-    exactly as the manifest has it."""
-    table = Table(title="batch summary", title_justify="left")
-    for column in ("line", "prompt", "status", "output or error", "seconds"):
-        table.add_column(column)
-    for r in records:
-        where = r.error if r.status == "failed" else str(outdir / r.output)
-        status = f"[{_STATUS_COLOURS[r.status]}]{r.status}[/]"
-        table.add_row(str(r.line), escape(r.prompt[:40]), status, escape(where), f"{r.seconds:.1f}")
-    stderr.print(table)
+    exactly as the manifest has it. On a stderr that is not a terminal, plain lines with the whole prompt."""
+    columns = ("line", "prompt", "status", "output or error", "seconds")
+    wheres = [r.error if r.status == "failed" else str(outdir / r.output) for r in records]
+    if not stderr.is_terminal:
+        rows = [(r.line, r.prompt, r.status, where, f"{r.seconds:.1f}") for r, where in zip(records, wheres)]
+        _plain_rows("batch summary", columns, rows)
+    else:
+        table = Table(title="batch summary", title_justify="left")
+        for column in columns:
+            table.add_column(column)
+        for r, where in zip(records, wheres):
+            status = f"[{_STATUS_COLOURS[r.status]}]{r.status}[/]"
+            table.add_row(str(r.line), escape(r.prompt[:40]), status, escape(where), f"{r.seconds:.1f}")
+        stderr.print(table)
     counts = {status: sum(r.status == status for r in records) for status in _STATUS_COLOURS}
-    stderr.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; manifest: {outdir / 'manifest.jsonl'}")
+    counted = ", ".join(f"{n} {status}" for status, n in counts.items())
+    stderr.print(f"{counted}; manifest: {outdir / 'manifest.jsonl'}", soft_wrap=True)
     for r in records:
         if as_json:
             typer.echo(r.to_json())

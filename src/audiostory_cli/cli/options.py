@@ -1,39 +1,40 @@
-"""The command-line options shared by the commands, and how their values become one ``RenderOptions``.
+"""The command-line options shared by the commands, and how the library's setting errors become usage errors.
 
-Ranges live in ``settings.RenderOptions`` alone: a value it refuses becomes a usage error (exit 2) naming
-the option. ``None`` means "not given": then the plan's saved value (``render``), then the decoder's own.
+Ranges live in ``settings.RenderOptions`` alone and the merge of command line, plan and defaults in
+``settings.merge_options`` (called by ``run_setup.setup_run``): an ``OptionError`` they raise becomes a usage
+error (exit 2) naming the option. ``None`` means "not given": then the plan's saved value (``render``), then
+the decoder's own. Options whose default differs in ``render`` come in pairs: ``XOpt`` (generate, batch) and
+``SavedXOpt`` (render: the plan's saved value first).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from .. import audio_io
-from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER, canonical_ref
+from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from ..devices import DEVICE_CHOICES, DTYPE_CHOICES
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..planners import ENGINES as PLANNER_ENGINES
-from ..settings import DEFAULT_COHERENCE, DEFAULT_CROSSFADE_S, WINDOWS, RenderOptions
+from ..settings import DEFAULT_COHERENCE, DEFAULT_CROSSFADE_S, MAX_BATCH_SIZE, WINDOWS
 from ..story import check_prompt as story_check_prompt
 from ..story import check_total_s
 
-# RenderOptions field (as its messages name it) -> the option that sets it
+# the setting an OptionError names (a RenderOptions field as its messages name it, or a path) -> its option
 FLAGS = {"seed": "--seed", "steps": "--steps", "guidance": "--guidance", "crossfade": "--crossfade",
-         "coherence": "--coherence", "loudness": "--loudness", "window": "--window"}  # fmt: skip
-MODEL_EXCLUSIVE = ("planner", "decoder", "bridge", "coherence")  # what --model brings itself
+         "coherence": "--coherence", "loudness": "--loudness", "window": "--window", "batch_size": "--batch-size",
+         "decoder": "--decoder", "planner": "--planner", "bridge": "--bridge", "model": "--model",
+         "output": "--output' / '-o", "outdir": "--outdir' / '-o", "format": "--format"}  # fmt: skip
 
 
-def check_output(value: Optional[Path]) -> Optional[Path]:
-    if value is None:
-        return None
-    try:
-        return audio_io.check_output_path(value)
-    except InputError as err:
-        raise typer.BadParameter(str(err)) from None
+def usage_error(err: OptionError) -> typer.BadParameter:
+    """A setting the library refused, as the usage error (exit 2) of the option that gave it."""
+    from .display import one_line
+
+    flag = FLAGS.get(err.field or "")
+    return typer.BadParameter(one_line(str(err)), param_hint=f"'{flag}'" if flag else None)
 
 
 def check_duration(value: Optional[float]) -> Optional[float]:
@@ -64,36 +65,34 @@ def one_of(choices: tuple[str, ...]):
     return check
 
 
-def render_options(saved: RenderOptions | None = None, **given) -> RenderOptions:
-    """Command-line values win, then the plan's saved settings, then the defaults. ``given`` are
-    RenderOptions fields, None where the option was not given. A decoder or bridge given on the command
-    line replaces a saved AudioStory model, and a model given replaces a saved decoder and bridge."""
-    values = {name: value for name, value in given.items() if value is not None}
-    for name in ("decoder", "planner", "bridge", "model"):  # saved as absolute paths: render works from anywhere
-        if name in values:
-            values[name] = canonical_ref(values[name])
-    base = saved or RenderOptions()
-    if {"decoder", "bridge"} & values.keys():
-        base = replace(base, model=None)
-    if "model" in values:
-        base = replace(base, decoder=None, bridge=None)
-    if values.get("model", base.model) is not None:
-        clash = [f"--{name}" for name in MODEL_EXCLUSIVE if name in values]
-        if clash:
-            raise typer.BadParameter(f"--model brings its own planner, decoder and fusion; drop {', '.join(clash)}")
-    try:
-        return replace(base, **values)
-    except InputError as err:
-        flag = FLAGS.get(str(err).split(" ", 1)[0])
-        raise typer.BadParameter(str(err), param_hint=f"'{flag}'" if flag else None) from None
+def check_batch_size(value: str) -> Optional[int]:
+    """``auto`` -> None (what suits the device), a whole number -> that number (its range: RenderOptions)."""
+    text = str(value).strip()
+    if text == "auto":
+        return None
+    if not text.isdecimal() or len(text) > 6:
+        raise typer.BadParameter(f"{value[:40]!r} is not auto or a whole number from 1 to {MAX_BATCH_SIZE}")
+    return int(text)
 
 
-DecoderOpt = Annotated[
-    Optional[str],
-    typer.Option("--decoder", help="Decoder: a folder or hub id in the TangoFlux layout, the Stable Audio 3 "
-                 "diffusers layout or Stability's own SA3 layout (told apart by their files) "
-                 f"[default: {DEFAULT_DECODER}; render: the one saved in the plan]."),
-]  # fmt: skip
+def model_ref(path: Optional[Path]) -> Optional[str]:
+    """A path option (--bridge) as the reference ``merge_options`` takes."""
+    return None if path is None else str(path)
+
+
+def _with_saved(kind: Any, flags: tuple[str, ...], text: str, default: str, **extra) -> tuple[Any, Any]:
+    """One option twice: for generate and batch (``[default: DEFAULT]``) and for render, where a value saved
+    in the plan comes first."""
+    new = Annotated[kind, typer.Option(*flags, help=f"{text} [default: {default}].", **extra)]
+    saved = Annotated[kind, typer.Option(*flags, help=f"{text} [default: the plan's saved value, else {default}].",
+                                         **extra)]  # fmt: skip
+    return new, saved
+
+
+DecoderOpt, SavedDecoderOpt = _with_saved(
+    Optional[str], ("--decoder",), "Decoder: a folder or hub id in the TangoFlux layout, the Stable Audio 3 "
+    "diffusers layout or Stability's own SA3 layout (told apart by their files).", DEFAULT_DECODER,
+)  # fmt: skip
 PlannerOpt = Annotated[
     Optional[str],
     typer.Option("--planner", help=f"Planner LLM: a folder, a .gguf file or a hub id of a chat model, or the "
@@ -112,74 +111,63 @@ PlannerEngineOpt = Annotated[
                  "URL -> openai_http, else transformers]. transformers also loads a .gguf file (slow; needs the "
                  "gguf extra)."),
 ]  # fmt: skip
-ModelOpt = Annotated[
-    Optional[str],
-    typer.Option("--model", help="The released AudioStory checkpoint (a folder or TencentARC/AudioStory-3B): it "
-                 "plans, conditions and renders with its own trained queries, in place of --planner, --decoder, "
-                 "--bridge and --coherence."),
-]  # fmt: skip
+ModelOpt, SavedModelOpt = _with_saved(
+    Optional[str], ("--model",), "The released AudioStory checkpoint (a folder or TencentARC/AudioStory-3B): it "
+    "plans, conditions and renders with its own trained queries, in place of --planner, --decoder, --bridge and "
+    "--coherence.", "none",
+)  # fmt: skip
 DeviceOpt = Annotated[
     str, typer.Option("--device", callback=one_of(DEVICE_CHOICES), help="auto: CUDA when present, else "
                       "MPS, else CPU (said on stderr).")
 ]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", callback=one_of(DTYPE_CHOICES), help="auto: bf16 on CUDA, fp32 elsewhere; fp16 on "
-                      "CPU falls back to fp32."),
+    str, typer.Option("--dtype", callback=one_of(DTYPE_CHOICES), help="auto: bf16 on CUDA and on a CPU that "
+                      "computes bf16 natively (AVX512-BF16 or AMX; said on stderr), fp32 elsewhere; fp16 on a CPU "
+                      "falls back to fp32."),
 ]  # fmt: skip
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Base seed; clip i uses a seed derived from it "
-                                                 "and i [default: 0; render: the plan's saved seed].")]
-StepsOpt = Annotated[
-    Optional[int], typer.Option("--steps", help="Denoising steps per clip [default: the decoder's own: TangoFlux "
-                                "50, Stable Audio 3 8; render: the plan's saved value]."),
-]  # fmt: skip
-GuidanceOpt = Annotated[
-    Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale; <= 1 turns it off [default: "
-                                  "the decoder's own: TangoFlux 4.5, Stable Audio 3 1.0; render: the plan's saved "
-                                  "value]."),
-]  # fmt: skip
-CrossfadeOpt = Annotated[
-    Optional[float], typer.Option("--crossfade", help="Seconds two consecutive clips overlap, equal-power "
-                                  f"[default: {DEFAULT_CROSSFADE_S:g}; render: the plan's saved value]."),
-]  # fmt: skip
-WindowOpt = Annotated[
-    Optional[str], typer.Option("--window", callback=one_of(WINDOWS), help="auto: denoise only the latent "
-                                "frames a clip needs; full: always the model's whole window (TangoFlux: 30 s, "
-                                "upstream's behaviour, slower) [default: auto; render: the plan's saved value]."),
-]  # fmt: skip
-def check_batch_size(value):
-    """``auto`` (what fits the device's free memory) or a whole number of clips, 1 to 64."""
-    if str(value) == "auto":
-        return "auto"
-    if not str(value).isdigit() or not 1 <= int(value) <= 64:
-        raise typer.BadParameter(f"{value!r} is not auto or a whole number from 1 to 64")
-    return int(value)
-
-
-BatchSizeOpt = Annotated[
-    str, typer.Option("--batch-size", callback=check_batch_size, help="Clips denoised together, or auto: one "
-                      "at a time on a CPU (batching gains nothing there), on a GPU as many as fit its free memory "
-                      "(at most 16; give a number if memory runs out). Changes the audio by float rounding only "
-                      "[default: auto]."),
-]  # fmt: skip
-LoudnessOpt = Annotated[
-    Optional[float], typer.Option("--loudness", help="Normalise to this integrated loudness in LUFS, e.g. -16 "
-                                  "[default: off, peak-limited only; render: the plan's saved value]."),
-]  # fmt: skip
-CoherenceOpt = Annotated[
-    Optional[float], typer.Option("--coherence", help="Weight of the residual query (story prompt, tone, "
-                                  "earlier events) fused into each clip's conditioning, 0 to 1; 0: the caption "
-                                  f"alone [default: {DEFAULT_COHERENCE}; render: the plan's saved value]."),
-]  # fmt: skip
-ContinuationOpt = Annotated[
-    Optional[bool], typer.Option("--continuation/--no-continuation", help="Generate each clip's head as the "
-                                 "continuation of the previous clip's tail, so both sides of a crossfade are the "
-                                 "same sound (clips then render one after another) [default: on; render: the "
-                                 "plan's saved value]."),
-]  # fmt: skip
-BridgeOpt = Annotated[
-    Optional[Path], typer.Option("--bridge", help="A trained bridge folder (from `audiostory train-bridge`): the "
-                                 "planner LLM's query states replace the text encoder's caption features."),
-]  # fmt: skip
+SeedOpt, SavedSeedOpt = _with_saved(
+    Optional[int], ("--seed",), "Base seed; clip i uses a seed derived from it and i.", "0"
+)
+StepsOpt, SavedStepsOpt = _with_saved(
+    Optional[int], ("--steps",), "Denoising steps per clip, 1 to 1000.", "the decoder's own: TangoFlux 50, "
+    "Stable Audio 3 8",
+)  # fmt: skip
+GuidanceOpt, SavedGuidanceOpt = _with_saved(
+    Optional[float], ("--guidance",), "Classifier-free guidance scale, 0 to 50; <= 1 turns it off.", "the "
+    "decoder's own: TangoFlux 4.5, Stable Audio 3 1.0",
+)  # fmt: skip
+CrossfadeOpt, SavedCrossfadeOpt = _with_saved(
+    Optional[float], ("--crossfade",), "Seconds two consecutive clips overlap, equal-power, 0 to 10.",
+    f"{DEFAULT_CROSSFADE_S:g}",
+)  # fmt: skip
+WindowOpt, SavedWindowOpt = _with_saved(
+    Optional[str], ("--window",), "auto: denoise only the latent frames a clip needs; full: always the model's "
+    "whole window (TangoFlux: 30 s, upstream's behaviour, slower; Stable Audio 3 takes only auto).", "auto",
+    callback=one_of(WINDOWS),
+)  # fmt: skip
+BatchSizeOpt, SavedBatchSizeOpt = _with_saved(
+    str, ("--batch-size",), "Clips denoised together, or auto: one at a time on a CPU (batching gains nothing "
+    "there), on a GPU as many as fit its free memory (at most 16; give a number if memory runs out). It changes "
+    "the audio by float rounding, so the number used is saved in the plan.", "auto", callback=check_batch_size,
+    show_default=False,
+)  # fmt: skip
+LoudnessOpt, SavedLoudnessOpt = _with_saved(
+    Optional[float], ("--loudness",), "Normalise to this integrated loudness in LUFS, -70 to 0, e.g. -16.",
+    "off, peak-limited only",
+)  # fmt: skip
+CoherenceOpt, SavedCoherenceOpt = _with_saved(
+    Optional[float], ("--coherence",), "Weight of the residual query (story prompt, tone, earlier events) fused "
+    "into each clip's conditioning, 0 to 1; 0: the caption alone.", f"{DEFAULT_COHERENCE}",
+)  # fmt: skip
+ContinuationOpt, SavedContinuationOpt = _with_saved(
+    Optional[bool], ("--continuation/--no-continuation",), "Generate each clip's head as the continuation of the "
+    "previous clip's tail (flow-matching inpainting, clips still batched in lockstep), so both sides of a "
+    "crossfade are the same sound.", "on",
+)  # fmt: skip
+BridgeOpt, SavedBridgeOpt = _with_saved(
+    Optional[Path], ("--bridge",), "A trained bridge folder (from `audiostory train-bridge`): the planner LLM's "
+    "query states replace the text encoder's caption features.", "none",
+)  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
