@@ -156,7 +156,8 @@ class LlamaCppEngine:
         self.cache = cache  # folder of prompt caches, None: none on disk
         self.extra_bufts = bool(getattr(llm.model_params, "use_extra_bufts", False))  # what llama.cpp loaded with
         stat = path.resolve().stat()
-        self._model_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{llm.n_ctx()}"
+        buffers = "extra-bufts" if self.extra_bufts else "plain"  # other kernels: other numbers in the KV cache
+        self._model_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{llm.n_ctx()}:{buffers}"
         self._vocab = self._llguidance_tokenizer(llama_cpp)
         metadata = llm.metadata
         eos = self._piece(llm.token_eos())
