@@ -13,8 +13,8 @@ same ``LlamaCppEngine`` as an in-process load, so it writes the same plans.
     (the pipe closes)                   ->   exits
 
 The child's stdout and stderr go to an anonymous temporary file (its last line is quoted when it crashes), so
-nothing it prints can reach the command's stdout (``--json``); ``AUDIOSTORY_DEBUG=1`` lets it print to the
-terminal, with Python's fault handler on.
+nothing it prints can reach the command's stdout (``--json``); with ``AUDIOSTORY_DEBUG=1`` it prints to the
+command's stderr, with Python's fault handler on.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class _Child:
         command = [sys.executable, *(["-X", "faulthandler"] if debug else []), "-m", __name__, str(theirs.fileno())]
         try:
             process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT if log else None)  # fmt: skip
+                                       stdout=log or 2, stderr=subprocess.STDOUT)  # never the command's stdout  # fmt: skip
         except OSError as err:
             ours.close()
             if log:
