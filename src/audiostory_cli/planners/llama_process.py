@@ -100,19 +100,15 @@ class LlamaCppProcess:
         child = self._child
         assert child is not None
         try:
-            child.conn.send(message)
+            self._talk(child, doing, lambda: child.conn.send(message))
             while True:
-                kind, *body = child.conn.recv()
+                kind, *body = self._talk(child, doing, child.conn.recv)
                 if kind != "progress":
                     break
                 progress(body[0])
-        except (EOFError, OSError):  # the pipe closed: the child is gone
-            error = self._crash_error(child, doing)
-            self.close()
-            raise error from None
-        except BaseException:  # interrupted mid-answer (Ctrl-C, a failing progress callback): the pipe still
-            child.process.kill()  # holds the rest of that answer, so this child is ended (a new one starts if
-            self.close()  # asked again)
+        except BaseException:  # a crash, or interrupted mid-answer (Ctrl-C, a failing progress callback): the
+            child.process.kill()  # pipe may still hold the rest of that answer, so this child is ended (a new
+            self.close()  # one starts if asked again)
             raise
         if kind == "error":
             name, text, hint = body
@@ -123,6 +119,13 @@ class LlamaCppProcess:
         if kind == "bug":
             raise RuntimeError(f"the llama.cpp planner process failed while {doing} {self.ref}:\n{body[0]}")
         return body[0]
+
+    def _talk(self, child: _Child, doing: str, act: Any) -> Any:
+        """``act()`` on the pipe; the pipe closing (the child is gone) is raised as the crash it was."""
+        try:
+            return act()
+        except (EOFError, OSError):
+            raise self._crash_error(child, doing) from None
 
     def _crash_error(self, child: _Child, doing: str) -> ModelLoadError:
         code = child.wait()
