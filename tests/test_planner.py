@@ -404,7 +404,7 @@ def test_tiny_planner_is_deterministic_and_leaves_the_global_rng(tiny_planner, t
 @pytest.mark.slow
 def test_real_planner_plans_sounds(real_planner_gguf):
     """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M gguf) on CPU through llama.cpp: 3+ events whose captions are sounds."""
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp", reason='the llama extra is not installed: pip install -e ".[llama]"')
     path = real_planner_gguf
     started = time.perf_counter()
     planner = load_planner(path, device=CPU, dtype=torch.bfloat16)

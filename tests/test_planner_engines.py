@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -48,6 +49,12 @@ FAST = HttpSettings(timeout_s=60.0, list_timeout_s=10.0, retries=1, backoff_s=0.
 def needs_llama():
     """llama-cpp-python (the llama and server extras), or the test is skipped with the install command."""
     return pytest.importorskip("llama_cpp", reason='the llama extra is not installed: pip install -e ".[server]"')
+
+
+def needs_server():
+    """llama-cpp-python's OpenAI-compatible server (the server extra), or the test is skipped saying so."""
+    needs_llama()
+    pytest.importorskip("llama_cpp.server.app", reason='the server extra is not installed: pip install -e ".[server]"')
 
 
 # --- a real llama-cpp-python server ---------------------------------------------------------------------
@@ -97,8 +104,7 @@ def _wait_until_up(server: subprocess.Popen, url: str, log: Path, timeout_s: flo
 
 @pytest.fixture(scope="session")
 def server_url(tiny_planner_gguf, tmp_path_factory):
-    needs_llama()
-    pytest.importorskip("llama_cpp.server.app", reason='the server extra is not installed: pip install -e ".[server]"')
+    needs_server()
     with llama_server(tiny_planner_gguf, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
 
@@ -159,10 +165,11 @@ def test_engines_record_the_reference_they_were_loaded_from(planners, tiny_plann
     assert planners("openai_http").ref == server_url
 
 
-def test_tiny_gguf_holds_the_same_model_for_llama_cpp_and_transformers(planners):
+def test_tiny_gguf_holds_the_same_model_for_llama_cpp_and_transformers(planners, tiny_planner_gguf):
     """The GGUF writer keeps weights and tokenizer: next-token logits of a chat agree across loaders."""
     llama_cpp = needs_llama()
-    folder, from_gguf, llama = planners("transformers"), planners("transformers-gguf"), planners("llama_cpp")
+    folder, from_gguf = planners("transformers"), planners("transformers-gguf")
+    llama = LlamaCppPlanner.load(str(tiny_planner_gguf), isolated=False)  # its llm, in this process
     text = folder.tokenizer.apply_chat_template([{"role": "user", "content": STORY}], tokenize=False,
                                                 add_generation_prompt=True)  # fmt: skip
     ids = folder.tokenizer(text, add_special_tokens=False).input_ids
@@ -204,14 +211,146 @@ def test_llama_cpp_evaluates_a_story_the_same_way_whatever_the_context_held(tiny
         planner.engine.llm.eval = evaluate
         return plan, batches
 
-    LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path).plan(request)  # the prompt cache on disk
-    fresh = plan_and_batches(LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path))
-    reused = LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path)
+    def load(cache):  # in this process: the test reads the engine's llm
+        return LlamaCppPlanner.load(str(tiny_planner_gguf), cache=cache, isolated=False)
+
+    load(tmp_path).plan(request)  # the prompt cache on disk
+    fresh = plan_and_batches(load(tmp_path))
+    reused = load(tmp_path)
     assert plan_and_batches(reused) == fresh
     assert plan_and_batches(reused) == fresh  # the whole prompt was in the context already
     reused.plan(other)
     assert plan_and_batches(reused) == fresh  # its first words were
-    assert plan_and_batches(LlamaCppPlanner.load(str(tiny_planner_gguf), cache=None))[0] == fresh[0]
+    assert plan_and_batches(load(None))[0] == fresh[0]
+
+
+# --- llama.cpp on every CPU: AMX, and a native crash as one line ------------------------------------------
+
+AMX_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8\n"
+AVX2_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c\n"
+
+
+@pytest.fixture
+def cpuinfo(tmp_path, monkeypatch):
+    """``cpuinfo(text)``: the CPU flags the llama.cpp engine reads, as if /proc/cpuinfo said ``text``."""
+    from audiostory_cli.planners import llama_cpp as engine
+
+    monkeypatch.delenv(engine.EXTRA_BUFTS_ENV, raising=False)
+
+    def fake(text: str) -> None:
+        file = tmp_path / "cpuinfo"
+        file.write_text(text)
+        monkeypatch.setattr(engine, "CPUINFO", file)
+
+    return fake
+
+
+def test_weights_stay_out_of_the_extra_buffers_only_on_amx_cpus_unless_the_setting_says(cpuinfo, monkeypatch):
+    from audiostory_cli.planners.llama_cpp import EXTRA_BUFTS_ENV, cpu_has_amx, extra_bufts_wanted
+
+    cpuinfo(AVX2_CPUINFO)
+    assert not cpu_has_amx() and extra_bufts_wanted()  # the repack buffer: faster tokens on AVX2
+    cpuinfo(AMX_CPUINFO)
+    assert cpu_has_amx() and not extra_bufts_wanted()  # llama.cpp #20824: the AMX buffer crashes on Q4_K
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "1")
+    assert extra_bufts_wanted()
+    cpuinfo(AVX2_CPUINFO)
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "0")
+    assert not extra_bufts_wanted()
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "off")
+    with pytest.raises(InputError, match=rf"{EXTRA_BUFTS_ENV}='off': must be 0 .*, 1, or unset"):
+        extra_bufts_wanted()
+
+
+@pytest.mark.parametrize("cpu, expected", [(AMX_CPUINFO, False), (AVX2_CPUINFO, True)], ids=["amx", "avx2"])
+def test_what_reaches_llama_cpp_follows_the_cpu(tiny_planner_gguf, cpuinfo, monkeypatch, cpu, expected):
+    """The model params llama.cpp loads with (recorded at its C call), in this process and in the child."""
+    llama_cpp = needs_llama()
+    cpuinfo(cpu)
+    native, seen = llama_cpp.llama_cpp, []
+    load = native.llama_model_load_from_file
+    monkeypatch.setattr(native, "llama_model_load_from_file",
+                        lambda path, params: (seen.append(params.use_extra_bufts), load(path, params))[1])  # fmt: skip
+    planner = LlamaCppPlanner.load(str(tiny_planner_gguf), isolated=False)
+    assert seen == [expected] and planner.engine.extra_bufts is expected
+    assert native.llama_model_default_params().use_extra_bufts  # the library's own default is left as it was
+    assert LlamaCppPlanner.load(str(tiny_planner_gguf)).engine.extra_bufts is expected  # as the child loaded it
+
+
+def test_the_child_process_plans_what_the_in_process_engine_plans_and_loads_once(tiny_planner_gguf, tmp_path):
+    needs_llama()
+    from audiostory_cli.planners.llama_process import LlamaCppProcess
+
+    requests = [StoryRequest(STORY, 20.0, max_events=3), StoryRequest("a door creaks open in the wind", 12.0)]
+    here = LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path / "here", isolated=False)
+    child = LlamaCppPlanner.load(str(tiny_planner_gguf), cache=tmp_path / "child")
+    assert isinstance(child.engine, LlamaCppProcess)
+    pid, reports = child.engine.pid, []
+    for request in requests + requests[:1]:
+        assert child.plan(request, progress=reports.append) == here.plan(request)
+    assert child.engine.pid == pid  # one process, one load, for every plan
+    assert {r.stage for r in reports} == {"plan"} and max(r.done for r in reports) > 0  # progress came through
+    cached = [sorted(p.name for p in (tmp_path / side).glob("prompt-*.bin")) for side in ("here", "child")]
+    assert cached[0] == cached[1] and cached[0]  # the same prompt cache on disk
+    child.engine.close()
+    assert child.plan(requests[1]) == here.plan(requests[1])  # a new child when asked again
+    assert child.engine.pid != pid
+
+
+def test_a_crash_while_planning_is_one_line_and_the_next_plan_starts_a_new_process(tiny_planner_gguf, monkeypatch):
+    needs_llama()
+    from audiostory_cli.planners.llama_process import CRASH_ENV
+
+    monkeypatch.delenv("AUDIOSTORY_LLAMA_EXTRA_BUFTS", raising=False)
+    monkeypatch.setattr("audiostory_cli.planners.llama_cpp.cpu_has_amx", lambda *_: False)
+    monkeypatch.setenv(CRASH_ENV, "plan")  # the child reads address 0 when asked for a plan: a real SIGSEGV
+    planner = LlamaCppPlanner.load(str(tiny_planner_gguf))
+    with pytest.raises(ModelLoadError) as caught:
+        planner.plan(StoryRequest(STORY, 20.0))
+    message = str(caught.value)
+    assert message.startswith(
+        f"the llama.cpp planner crashed (signal 11 SIGSEGV) while writing a plan with {tiny_planner_gguf}"
+    )
+    assert "\n" not in message and "AUDIOSTORY_LLAMA_EXTRA_BUFTS=0" in message
+    monkeypatch.delenv(CRASH_ENV)
+    request = StoryRequest(STORY, 20.0)
+    assert_fills_total(planner.plan(request), request)
+
+
+def test_a_crash_while_loading_names_the_file_and_what_was_already_tried(tiny_planner_gguf, monkeypatch):
+    needs_llama()
+    from audiostory_cli.planners.llama_process import CRASH_ENV
+
+    monkeypatch.setenv(CRASH_ENV, "load")
+    monkeypatch.setenv("AUDIOSTORY_LLAMA_EXTRA_BUFTS", "0")
+    expected = (rf"crashed \(signal 11 SIGSEGV\) while loading {tiny_planner_gguf} "
+                r"\(the weights were already out of llama.cpp's extra buffers")  # fmt: skip
+    with pytest.raises(ModelLoadError, match=expected):
+        LlamaCppPlanner.load(str(tiny_planner_gguf))
+
+
+def test_an_error_in_the_child_comes_back_as_the_same_one_line_error(tmp_path):
+    needs_llama()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF, but not really")
+    with pytest.raises(ModelLoadError, match=rf"cannot load the planner {broken} with llama.cpp"):
+        LlamaCppPlanner.load(str(broken))
+
+
+def test_generate_whose_planner_crashes_prints_one_line_and_exits_1(tiny_planner_gguf, tmp_path):
+    """As a user runs it (its own process): llama.cpp's SIGSEGV is one error line, exit 1, not a bare 139."""
+    needs_llama()
+    from audiostory_cli.planners.llama_process import CRASH_ENV
+
+    env = {**os.environ, CRASH_ENV: "plan", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-m", "audiostory_cli", "generate", STORY, "--planner",
+                           str(tiny_planner_gguf), "--dry-run", "--json", "--duration", "20", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the llama.cpp planner crashed (signal 11 SIGSEGV)" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "Fatal Python error" not in done.stderr
 
 
 # --- choosing the engine ----------------------------------------------------------------------------------
@@ -299,6 +438,7 @@ def test_credentials_in_the_url_are_refused_without_showing_them(server_url):
 
 
 def test_context_too_long_and_a_stopped_server_are_one_line_naming_the_url(tiny_planner_gguf, tmp_path, key):
+    needs_server()  # this test starts a server of its own (a small context), not the session's
     with llama_server(tiny_planner_gguf, tmp_path / "small.log", n_ctx=256) as url:
         planner = OpenAIHttpPlanner.load(url, settings=FAST)
         with pytest.raises(PlanError, match=rf"{url}: the plan request does not fit the context of {ALIAS}"):

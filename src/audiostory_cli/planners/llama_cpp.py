@@ -8,30 +8,47 @@ Much of a plan's CPU time is the prompt: the rules and the example exchanges (~8
 every story, so their KV cache is kept between plans in memory and, once computed, on disk (``cache_dir()``,
 ~15 MB per model), with the model's token table that llguidance needs. A later run starts from the story.
 
+The engine runs in a child process (``llama_process``) that loads the model once and answers every chat of
+a run: a native crash in llama.cpp (SIGSEGV, SIGABRT) ends that process, not the command, and comes back
+as one ``ModelLoadError`` naming the signal. On CPUs with AMX, llama.cpp's AMX weight buffer crashes on
+Q4_K models (llama.cpp issue #20824), so there the weights stay out of the extra buffer types
+(``use_extra_bufts``, see ``extra_bufts_wanted``); elsewhere the extra buffer (the CPU repack buffer on
+AVX2) is kept, as it makes tokens faster.
+
 Installed with ``pip install "audiostory-cli[llama]"`` (llama-cpp-python builds llama.cpp from source).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import importlib.util
 import os
 import pickle
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import checkpoints
-from ..errors import ModelLoadError
+from ..errors import InputError, ModelLoadError
 from ..story import ProgressFn
 from .base import LIMITS, PLANNER_KIND, JsonPlanner, PlanLimits
 from .grammar import decode_json
+
+if TYPE_CHECKING:
+    from .llama_process import LlamaCppProcess
 
 LLAMA_EXTRA = 'pip install "audiostory-cli[llama]"'  # what this engine needs: llama-cpp-python
 CONTEXT_TOKENS = 8192  # KV cache allocated: the chat (~1k tokens) and a plan of up to ~40 events
 BATCH_TOKENS = 512  # prompt tokens evaluated per llama.cpp batch
 _MIN_CACHED_PREFIX = 32  # a shorter shared prefix is not worth a file
+EXTRA_BUFTS_ENV = "AUDIOSTORY_LLAMA_EXTRA_BUFTS"  # 1: weights in llama.cpp's extra buffers, 0: not; unset: by CPU
+CPUINFO = Path("/proc/cpuinfo")  # where Linux lists the CPU's flags (no such file elsewhere: no AMX assumed)
+AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")  # Intel AMX (Xeon Sapphire Rapids and later)
 
 
 def import_llama_cpp() -> Any:
@@ -39,11 +56,91 @@ def import_llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise ModelLoadError(
-            "the llama.cpp planner engine needs llama-cpp-python, which is not installed",
-            hint=f"install it with `{LLAMA_EXTRA}` (it builds llama.cpp, a few minutes)",
-        ) from None
+        raise _not_installed() from None
     return llama_cpp
+
+
+def _not_installed() -> ModelLoadError:
+    return ModelLoadError(
+        "the llama.cpp planner engine needs llama-cpp-python, which is not installed",
+        hint=f"install it with `{LLAMA_EXTRA}` (it builds llama.cpp, a few minutes)",
+    )
+
+
+def cpu_has_amx(cpuinfo: Path | None = None) -> bool:
+    """Whether the CPU lists an AMX flag in ``/proc/cpuinfo`` (False where there is no such file)."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    return any(flag in flags for flag in AMX_FLAGS)
+
+
+def extra_bufts_wanted() -> bool:
+    """Whether llama.cpp may put the weights in its extra buffer types (``use_extra_bufts``): the
+    ``AUDIOSTORY_LLAMA_EXTRA_BUFTS`` setting (0 or 1) when set, else not on a CPU with AMX, whose AMX buffer
+    crashes on Q4_K models (llama.cpp #20824), and yes elsewhere (the repack buffer makes tokens faster)."""
+    value = os.environ.get(EXTRA_BUFTS_ENV, "").strip()
+    if value in ("0", "1"):
+        return value == "1"
+    if value:
+        raise InputError(f"{EXTRA_BUFTS_ENV}={value!r}: must be 0 (weights out of llama.cpp's extra buffers), 1, "
+                         "or unset (decided by the CPU)")  # fmt: skip
+    return not cpu_has_amx()
+
+
+_PARAMS_LOCK = threading.Lock()  # the default-params patch is process-wide: one model load at a time
+
+
+@contextlib.contextmanager
+def _model_params(llama_cpp: Any, extra_bufts: bool) -> Iterator[None]:
+    """``Llama(...)`` with ``use_extra_bufts`` set: llama-cpp-python (0.3.x) has no argument for it and swallows
+    unknown ones, so its model params are taken from ``llama_model_default_params``, patched while it loads."""
+    native = llama_cpp.llama_cpp
+    default = native.llama_model_default_params
+
+    def params() -> Any:
+        made = default()
+        if hasattr(made, "use_extra_bufts"):  # llama.cpp builds older than the field have no extra buffers
+            made.use_extra_bufts = extra_bufts
+        return made
+
+    with _PARAMS_LOCK:
+        native.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = default
+
+
+def open_llama(path: Path, *, gpu: bool, threads: int, extra_bufts: bool) -> Any:
+    """``llama_cpp.Llama`` on ``path`` with this engine's settings; a file llama.cpp refuses is a
+    ``ModelLoadError``."""
+    llama_cpp = import_llama_cpp()
+    try:
+        with _model_params(llama_cpp, extra_bufts):
+            return llama_cpp.Llama(
+                model_path=str(path), n_ctx=CONTEXT_TOKENS, n_batch=BATCH_TOKENS, n_threads=threads,
+                n_threads_batch=threads, n_gpu_layers=-1 if gpu else 0, verbose=False,
+            )  # fmt: skip
+    except (ValueError, RuntimeError, OSError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelLoadError(f"cannot load the planner {path} with llama.cpp: {reason}") from None
+
+
+def open_engine(
+    ref: str, path: Path, *, gpu: bool, threads: int, cache: Path | None, extra_bufts: bool
+) -> LlamaCppEngine:
+    """Load ``path`` into an engine in this process (the child process calls this too)."""
+    llm = open_llama(path, gpu=gpu, threads=threads, extra_bufts=extra_bufts)
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ModelLoadError(
+            f"planner {path} has no chat template (tokenizer.chat_template)",
+            hint="the planner must be an instruction-tuned chat model (e.g. a Qwen2.5 Instruct GGUF)",
+        )
+    return LlamaCppEngine(ref, llm, path, template, cache)
 
 
 def cache_dir() -> Path:
@@ -62,8 +159,10 @@ class LlamaCppEngine:
         self.ref = ref  # the reference it was loaded from
         self.llm = llm  # llama_cpp.Llama
         self.cache = cache  # folder of prompt caches, None: none on disk
+        self.extra_bufts = bool(getattr(llm.model_params, "use_extra_bufts", False))  # what llama.cpp loaded with
         stat = path.resolve().stat()
-        self._model_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{llm.n_ctx()}"
+        buffers = "extra-bufts" if self.extra_bufts else "plain"  # other kernels: other numbers in the KV cache
+        self._model_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{llm.n_ctx()}:{buffers}"
         self._vocab = self._llguidance_tokenizer(llama_cpp)
         metadata = llm.metadata
         eos = self._piece(llm.token_eos())
@@ -220,36 +319,31 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 class LlamaCppPlanner(JsonPlanner):
     """The JSON planner on a GGUF file in llama.cpp."""
 
-    engine: LlamaCppEngine
+    engine: LlamaCppEngine | LlamaCppProcess  # in a child process unless loaded with isolated=False
 
     @classmethod
     def load(
         cls, ref: str, *, gpu: bool = False, threads: int | None = None, cache: Path | None | bool = True,
-        limits: PlanLimits = LIMITS,
+        limits: PlanLimits = LIMITS, isolated: bool = True,
     ) -> LlamaCppPlanner:  # fmt: skip
         """Load the ``.gguf`` file ``ref``. ``gpu`` offloads every layer (a CUDA or Metal build of llama.cpp);
         ``threads`` defaults to ``torch.get_num_threads()``; ``cache``: True for ``cache_dir()``, a folder,
-        or None/False for no prompt cache on disk."""
+        or None/False for no prompt cache on disk. ``isolated``: the model runs in a child process, where a
+        native crash becomes a ``ModelLoadError`` here (False: in this process, for tests that read its
+        state). Weights go to llama.cpp's extra buffers as ``extra_bufts_wanted()`` says."""
         import torch
 
         path = checkpoints.resolve(ref, PLANNER_KIND)
         if not path.is_file() or path.suffix != ".gguf":
             raise ModelLoadError(f"planner {path} is not a .gguf file", hint="the llama.cpp engine loads .gguf files")
-        llama_cpp = import_llama_cpp()
+        if importlib.util.find_spec("llama_cpp") is None:  # named here, without loading llama.cpp (~0.3 s)
+            raise _not_installed()  # where the child process would load it
+        extra_bufts = extra_bufts_wanted()
         threads = threads or torch.get_num_threads()  # the process's one thread setting (llama.cpp spins its own)
-        try:
-            llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=CONTEXT_TOKENS, n_batch=BATCH_TOKENS, n_threads=threads,
-                n_threads_batch=threads, n_gpu_layers=-1 if gpu else 0, verbose=False,
-            )  # fmt: skip
-        except (ValueError, RuntimeError, OSError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise ModelLoadError(f"cannot load the planner {path} with llama.cpp: {reason}") from None
-        template = llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ModelLoadError(
-                f"planner {path} has no chat template (tokenizer.chat_template)",
-                hint="the planner must be an instruction-tuned chat model (e.g. a Qwen2.5 Instruct GGUF)",
-            )
         folder = cache_dir() if cache is True else (cache or None)
-        return cls(LlamaCppEngine(ref, llm, path, template, folder), limits)
+        settings = {"gpu": gpu, "threads": threads, "cache": folder, "extra_bufts": extra_bufts}
+        if isolated:
+            from .llama_process import LlamaCppProcess
+
+            return cls(LlamaCppProcess.start(ref, path, **settings), limits)
+        return cls(open_engine(ref, path, **settings), limits)
