@@ -181,3 +181,13 @@ BridgeOpt = Annotated[
                                  "planner LLM's query states replace the text encoder's caption features."),
 ]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+TimelineOpt = Annotated[
+    Optional[Path], typer.Option("--timeline", help="A timeline file: .srt, .vtt, or a shot list (.json, .csv with "
+                                 "start, end, description). Each cue is a slot with fixed times; the planner writes "
+                                 "what is heard there from what the cue says is seen. --duration defaults to the "
+                                 "end of the last cue."),
+]  # fmt: skip
+GapsOpt = Annotated[
+    str, typer.Option("--gaps", callback=one_of(("silence", "bed")), help="With a timeline: what is heard between "
+                      "cues: silence, or bed (the background sound runs under the whole story, gaps included)."),
+]  # fmt: skip

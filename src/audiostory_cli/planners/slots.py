@@ -279,3 +279,18 @@ def slot_plan(
             "events": [{"index": i, **event} for i, event in enumerate(events)],
         }
     )
+
+
+class SlotPlanner:
+    """A JSON planner in slots mode, with the ``Planner`` shape (``ref``, ``plan(request)``) that
+    ``pipeline.generate_story`` calls: ``generate --timeline`` plans through it."""
+
+    def __init__(self, planner: Any) -> None:
+        self.planner = planner  # the JSON planner whose engine answers
+
+    @property
+    def ref(self) -> str:
+        return self.planner.ref
+
+    def plan(self, request: SlotRequest, *, progress: ProgressFn = no_progress) -> Plan:
+        return plan_slots(self.planner, request, progress=progress)
