@@ -138,11 +138,14 @@ def _quiet(progress: ProgressFn) -> ProgressFn:
 
 @dataclass
 class TransformersDescriber:
-    """A transformers image-text-to-text model and its processor, answering greedily under the sentence regex."""
+    """A transformers image-text-to-text model, its tokenizer and image processor, answering greedily under the
+    sentence regex. Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) are prompted here from their tokenizer and
+    image processor (their transformers processor needs torchvision for videos); others through AutoProcessor."""
 
     ref: str  # the reference it was loaded from
     model: Any  # an AutoModelForImageTextToText
-    processor: Any  # its AutoProcessor (tokenizer, image processor, chat template)
+    tokenizer: Any  # its fast tokenizer, with the chat template
+    processor: Any  # its AutoProcessor, or its image processor (Qwen-VL)
     vocabulary: Any  # llguidance's view of the tokenizer
 
     @classmethod
@@ -155,15 +158,18 @@ class TransformersDescriber:
             raise ModelLoadError(f"describer {path} is a file", hint=f"expected {DESCRIBER_KIND.layout}")
         with checkpoints.quiet_loading():
             try:
-                processor = transformers.AutoProcessor.from_pretrained(path)
                 model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+                if _is_qwen_vl(model.config):
+                    processor = transformers.AutoImageProcessor.from_pretrained(path)
+                else:
+                    processor = transformers.AutoProcessor.from_pretrained(path)
             except Exception as err:
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
                 raise ModelLoadError(f"cannot load the describer from {path}: {reason}",
                                      hint=f"expected {DESCRIBER_KIND.layout}") from err  # fmt: skip
-        tokenizer = getattr(processor, "tokenizer", None)
-        if tokenizer is None or not getattr(processor, "chat_template", None) and not getattr(tokenizer, "chat_template", None):
-            raise ModelLoadError(f"describer {path} has no tokenizer with a chat template",
+        if not getattr(tokenizer, "chat_template", None) and not getattr(processor, "chat_template", None):
+            raise ModelLoadError(f"describer {path} has no chat template",
                                  hint="the describer must be an instruction-tuned vision-language model")  # fmt: skip
         if not isinstance(tokenizer, transformers.PreTrainedTokenizerFast):
             raise ModelLoadError(f"describer {path} has no fast tokenizer (tokenizer.json), which the sentence "
@@ -171,17 +177,12 @@ class TransformersDescriber:
         model = model.to(device=device).eval()
         vocab_size = model.get_output_embeddings().weight.shape[0]
         vocabulary = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, slices=[])
-        return cls(ref, model, processor, vocabulary)
+        return cls(ref, model, tokenizer, processor, vocabulary)
 
     def describe(self, images: list[bytes], *, progress: ProgressFn = no_progress) -> str:
         import torch
-        from PIL import Image
 
-        pictures = [Image.open(io.BytesIO(image)).convert("RGB") for image in images]
-        content = [*({"type": "image"} for _ in pictures), {"type": "text", "text": DESCRIBE_PROMPT.format(n=len(pictures))}]
-        text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                                  tokenize=False)  # fmt: skip
-        inputs = self.processor(text=[text], images=pictures, return_tensors="pt").to(self.model.device)
+        inputs = self._inputs(images).to(self.model.device)
         prompt_length = inputs["input_ids"].shape[1]
         constraint = _SentenceConstraint(self.vocabulary, prompt_length)
         with torch.inference_mode():
@@ -189,9 +190,39 @@ class TransformersDescriber:
                 **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, logits_processor=[constraint],
                 eos_token_id=self.vocabulary.eos_token, pad_token_id=self.vocabulary.eos_token,
             )  # fmt: skip
-        answer = self.processor.tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True)
-        progress(Progress("describe", 1, 1, answer[:40]))
+        answer = self.tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True)
         return clean_description(answer, self.ref)
+
+    def _inputs(self, images: list[bytes]) -> Any:
+        """The model's inputs: the chat with one image part per frame, the frames as pixel values."""
+        from PIL import Image
+
+        pictures = [Image.open(io.BytesIO(image)).convert("RGB") for image in images]
+        content = [*({"type": "image"} for _ in pictures), {"type": "text", "text": DESCRIBE_PROMPT.format(n=len(pictures))}]
+        chat = [{"role": "user", "content": content}]
+        if not _is_qwen_vl(self.model.config):
+            text = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            return self.processor(text=[text], images=pictures, return_tensors="pt")
+        # Qwen-VL: each image's one pad token becomes one per merged patch of its grid (what its processor does)
+        import transformers
+
+        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        pixels = self.processor(images=pictures, return_tensors="pt")
+        pad = self.tokenizer.convert_ids_to_tokens(self.model.config.image_token_id)
+        merge = self.processor.merge_size**2
+        pieces = text.split(pad)
+        if len(pieces) != len(pictures) + 1:
+            raise ModelLoadError(f"describer {self.ref}: its chat template wrote {len(pieces) - 1} image tokens for "
+                                 f"{len(pictures)} frames")  # fmt: skip
+        counts = [int(grid.prod()) // merge for grid in pixels["image_grid_thw"]]
+        text = pieces[0] + "".join(pad * n + piece for n, piece in zip(counts, pieces[1:]))
+        encoded = self.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+        return transformers.BatchFeature({**encoded, **pixels})
+
+
+def _is_qwen_vl(config: Any) -> bool:
+    """A Qwen-VL model: image tokens expanded per grid of merged patches (``image_grid_thw``)."""
+    return str(getattr(config, "model_type", "")).startswith(("qwen2_vl", "qwen2_5_vl", "qwen3_vl"))
 
 
 class _SentenceConstraint:
