@@ -144,6 +144,7 @@ def generate(
     as_json: JsonOpt = False,
     timeline: TimelineOpt = None,
     gaps: GapsOpt = "silence",
+    ctx: typer.Context = None,
 ) -> None:
     """Plan a story with the LLM and render it to one audio file. With --timeline, the planner writes the sound
     of each timed cue, at the cue's times (PROMPT says what the video or story is)."""
@@ -158,7 +159,8 @@ def generate(
     )  # fmt: skip
     with errors():
         if timeline is not None:
-            timeline = _read_timeline_for(timeline, duration)  # a bad file is one line before any model loads
+            duration_given = _given(ctx, "duration")
+            timeline = _read_timeline_for(timeline, duration if duration_given else None)  # before any model loads
         caps = _check_capabilities(options, dry_run=dry_run)
         torch_device, torch_dtype = _hardware(device, dtype)
         models = _load_models(options, torch_device, torch_dtype, need_decoder=not dry_run,
@@ -166,8 +168,8 @@ def generate(
         window_s = models.decoder.caps.window_s if models.decoder else caps.window_s
         max_event_s = longest_event_s(window_s, options.crossfade_s)
         if timeline is not None:  # the cues fix the events' times: the planner writes their sounds
-            request, models = _timeline_request(timeline, prompt, duration, gaps, tone, options.seed, max_event_s,
-                                                models)  # fmt: skip
+            request, models = _timeline_request(timeline, prompt, duration if duration_given else None, gaps, tone,
+                                                options.seed, max_event_s, models)  # fmt: skip
         else:
             request = StoryRequest(
                 prompt=prompt,
@@ -407,28 +409,30 @@ def convert(
 # --- timelines and videos ----------------------------------------------------------------------------------
 
 
-def _read_timeline_for(path: Path, duration: float):
-    """The timeline at ``path``, its cues within ``--duration`` when that option was given."""
-    import click
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
+
+def _read_timeline_for(path: Path, duration: Optional[float]):
+    """The timeline at ``path``, its cues within ``--duration`` when that option was given."""
     from ..inputs.timelines import read_timeline
 
     timeline = read_timeline(path)
-    if click.get_current_context().get_parameter_source("duration") == click.core.ParameterSource.COMMANDLINE:
+    if duration is not None:
         timeline.check_within(duration, f"the story (--duration {duration:g})")
     return timeline
 
 
-def _timeline_request(timeline, prompt: str, duration: float, gaps: str, tone, seed: int, max_event_s: float, models):
+def _timeline_request(timeline, prompt: str, duration: Optional[float], gaps: str, tone, seed: int,
+                      max_event_s: float, models):  # fmt: skip
     """generate --timeline: the slots request (the story lasts to the last cue unless --duration says), and the
     planner in slots mode."""
-    import click
-
     from ..planners.slots import SlotPlanner, SlotRequest
 
-    given = click.get_current_context().get_parameter_source("duration") == click.core.ParameterSource.COMMANDLINE
-    request = SlotRequest(slots=timeline.cues, total_s=duration if given else timeline.end_s, prompt=prompt,
-                          gaps=gaps, tone=tone, seed=seed, max_event_s=max_event_s)  # fmt: skip
+    request = SlotRequest(slots=timeline.cues, total_s=duration or timeline.end_s, prompt=prompt, gaps=gaps,
+                          tone=tone, seed=seed, max_event_s=max_event_s)  # fmt: skip
     return request, models._replace(planner=SlotPlanner(models.planner))
 
 
