@@ -195,7 +195,13 @@ class TransformersDescriber:
 
     def _inputs(self, images: list[bytes]) -> Any:
         """The model's inputs: the chat with one image part per frame, the frames as pixel values."""
-        from PIL import Image
+        try:
+            from PIL import Image
+        except ImportError:
+            from .timelines import VIDEO_EXTRA
+
+            raise InputError("a transformers describer needs pillow, which is not installed",
+                             hint=f"install it with `{VIDEO_EXTRA}`") from None
 
         pictures = [Image.open(io.BytesIO(image)).convert("RGB") for image in images]
         content = [*({"type": "image"} for _ in pictures), {"type": "text", "text": DESCRIBE_PROMPT.format(n=len(pictures))}]

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import InputError
 
 EXTENSIONS = (".srt", ".vtt", ".json", ".csv")  # the timeline formats, by file extension
+VIDEO_EXTRA = 'pip install "audiostory-cli[video]"'  # srt, webvtt-py and pillow
 MAX_CUES = 64  # most cues one timeline may hold (story.MAX_EVENTS: each cue becomes one event)
 MAX_DESCRIPTION_CHARS = 500  # a cue describes one shot in a sentence or two
 MAX_TIMELINE_S = 600.0  # story.MAX_TOTAL_S: the longest story a plan may describe
@@ -119,7 +120,7 @@ def parse_timeline(text: str, kind: str, *, source: str = "<timeline>") -> Timel
 
 
 def _read_srt(text: str, source: str) -> list[tuple[float, float, str, int, int]]:
-    import srt
+    srt = _extra("srt", source)
 
     try:
         subtitles = list(srt.parse(text))
@@ -138,7 +139,7 @@ def _read_srt(text: str, source: str) -> list[tuple[float, float, str, int, int]
 
 
 def _read_vtt(text: str, source: str) -> list[tuple[float, float, str, int, int]]:
-    import webvtt
+    webvtt = _extra("webvtt", source)
     from webvtt.errors import MalformedCaptionError, MalformedFileError
 
     try:
@@ -163,6 +164,17 @@ def _read_vtt(text: str, source: str) -> list[tuple[float, float, str, int, int]
         (_timestamp_s(c.start_time), _timestamp_s(c.end_time), c.text, lines[i] if i < len(lines) else 0, i + 1)
         for i, c in enumerate(captions)
     ]
+
+
+def _extra(module: str, source: str):
+    """The parser module, or one clear error naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"reading {source} needs the {module} package, which is not installed",
+                         hint=f'install it with `{VIDEO_EXTRA}`') from None
 
 
 def _read_json(text: str, source: str) -> list[tuple[float, float, str, int, int]]:
