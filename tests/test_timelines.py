@@ -136,9 +136,9 @@ def _request(gaps="silence", max_event_s=None):
 
 def test_slot_plan_keeps_every_cue_time_and_puts_the_bed_under_runs_of_cues():
     request = _request(max_event_s=3.0)
-    answer = json.dumps({"reasoning": "r", "tone": "playful", "events": [
-        {"caption": "fast footsteps on tiles", "tone": "frantic"}, {"caption": "plates crash", "tone": "chaotic"},
-        {"caption": "a tiny door squeaks", "tone": "quiet"}], "setting": "a kitchen", "background_sound": "a fridge hums"})
+    answer = json.dumps({"reasoning": "r", "tone": "playful", "events": {
+        "1": {"caption": "fast footsteps on tiles", "tone": "frantic"}, "2": {"caption": "plates crash", "tone": "chaotic"},
+        "3": {"caption": "a tiny door squeaks", "tone": "quiet"}}, "setting": "a kitchen", "background_sound": "a fridge hums"})
     plan = slot_plan_from_answer(answer, request)
     foreground = plan.foreground()
     assert [(e.start_s, e.end_s, e.caption) for e in foreground] == [
@@ -150,7 +150,7 @@ def test_slot_plan_keeps_every_cue_time_and_puts_the_bed_under_runs_of_cues():
 
 def test_gaps_bed_runs_under_the_whole_video_and_needs_a_background():
     request = _request(gaps="bed")
-    events = [{"caption": "footsteps patter", "tone": "calm"}] * 3
+    events = {str(i): {"caption": "footsteps patter", "tone": "calm"} for i in (1, 2, 3)}
     plan = slot_plan_from_answer(json.dumps({"reasoning": "", "tone": "calm", "events": events, "setting": "a room",
                                              "background_sound": "rain taps on glass"}), request)  # fmt: skip
     assert [(e.start_s, e.end_s) for e in plan.events if e.layer == 1] == [(0.0, 8.0)]
@@ -162,7 +162,10 @@ def test_gaps_bed_runs_under_the_whole_video_and_needs_a_background():
 
 def test_slot_answer_with_the_wrong_number_of_events_is_refused():
     with pytest.raises(PlanError, match="exactly 3 entries"):
-        slot_plan_from_answer('{"events": [{"caption": "a b c", "tone": ""}]}', _request())
+        slot_plan_from_answer('{"events": {"1": {"caption": "a b c", "tone": ""}}}', _request())
+    listed = {"events": [{"caption": f"sound {i}", "tone": ""} for i in range(3)]}  # a server that ignored the schema
+    assert [e.caption for e in slot_plan_from_answer(json.dumps(listed), _request()).foreground()] == [
+        "sound 0", "sound 1", "sound 2"]
 
 
 def test_verbatim_slot_plan_and_cues_past_the_end():

@@ -56,8 +56,8 @@ Rules:
 "fast footsteps on tiles, plates crash", never what is seen or felt ("Tom chases Jerry" is not a sound). \
 Every caption has a sound verb (clatters, hisses, creaks, rings, hums, thuds).
 - A caption is one short English phrase (3 to {caption_max} characters), without names or dialogue.
-- events: exactly one event per shot, in the shots' order; neighbouring shots may share a sound, but say it \
-again in each caption.
+- events: one entry per shot, keyed by the shot's number, in order; each caption is the sound of that shot \
+only. Never copy the shot's description: turn what is seen into what is heard.
 - tone is one or two words for the mood ("tense", "playful", "calm"); each event's tone fits its shot.
 - reasoning is one short sentence naming the sounds you chose, written before the events.
 - Answer with one JSON object and nothing else."""
@@ -70,11 +70,11 @@ EXAMPLE = (  # an earlier turn of the chat: (video, shots, the answer); descript
     {
         "reasoning": "Soft paw steps, then a scurry and a thud, then crashing plates.",
         "tone": "playful",
-        "events": [
-            {"caption": "soft padded footsteps creep on a wooden counter", "tone": "sneaky"},
-            {"caption": "tiny feet scurry on tiles, then a heavy thud", "tone": "frantic"},
-            {"caption": "plates crash and shatter on the floor", "tone": "chaotic"},
-        ],
+        "events": {
+            "1": {"caption": "soft padded footsteps creep on a wooden counter", "tone": "sneaky"},
+            "2": {"caption": "tiny feet scurry on tiles, then a heavy thud", "tone": "frantic"},
+            "3": {"caption": "plates crash and shatter on the floor", "tone": "chaotic"},
+        },
         "setting": "a kitchen in a house",
         "background_sound": "a refrigerator hums softly",
     },
@@ -167,21 +167,23 @@ def _request_text(request: SlotRequest) -> str:
     lines += [f"{i + 1}. {cue.start_s:g}-{cue.end_s:g} s: {cue.text}" for i, cue in enumerate(request.slots)]
     if request.tone:
         lines.append(f"Tone: {request.tone}.")
-    lines.append(f"Write {len(request.slots)} events, one per shot, in order.")
+    lines.append(f"Write the sound of each of the {len(request.slots)} shots, not what it shows.")
     return "\n".join(lines)
 
 
 def slot_schema(request: SlotRequest, limits: PlanLimits = LIMITS) -> dict[str, Any]:
-    """The answer's JSON schema: exactly one {caption, tone} per slot, no times (the slots fix them)."""
+    """The answer's JSON schema: one {caption, tone} per slot under the slot's number ("1", "2", ...: the keys are
+    written by the grammar, so the model knows which shot it is at), no times (the slots fix them)."""
     caption, word = caption_patterns(limits)
     fields = {"caption": {"type": "string", "pattern": f"^{caption}$"}, "tone": {"type": "string", "pattern": word}}
     event = {"type": "object", "properties": fields, "required": list(fields), "additionalProperties": False}
-    n = len(request.slots)
+    numbers = [str(i + 1) for i in range(len(request.slots))]
     properties: dict[str, Any] = {
         "reasoning": {"type": "string", "pattern": f"^{_regex_run(_PRINTABLE, 0, limits.reasoning_chars)}$"},
         "tone": {"type": "string", "pattern": word},
-        "events": {"type": "array", "items": event, "minItems": n, "maxItems": n},
-    }
+        "events": {"type": "object", "properties": {n: event for n in numbers}, "required": numbers,
+                   "additionalProperties": False},
+    }  # fmt: skip
     if request.has_bed():
         setting = f"^[A-Za-z]{_regex_run(_PRINTABLE, 0, limits.setting_chars - 1)}$"
         properties[SETTING_KEY] = {"type": "string", "pattern": setting}
@@ -196,7 +198,7 @@ def max_slot_tokens(request: SlotRequest, limits: PlanLimits = LIMITS) -> int:
     longest: dict[str, Any] = {
         "reasoning": "x" * limits.reasoning_chars,
         "tone": "x" * limits.tone_chars,
-        "events": [{"caption": caption, "tone": "x" * limits.tone_chars}] * len(request.slots),
+        "events": {str(i + 1): {"caption": caption, "tone": "x" * limits.tone_chars} for i in range(len(request.slots))},
     }
     if request.has_bed():
         longest[SETTING_KEY] = "x" * limits.setting_chars
@@ -230,12 +232,15 @@ def slot_plan_from_answer(answer: str, request: SlotRequest) -> Plan:
         raise PlanError(f"the answer is not valid JSON: {err.msg} at character {err.pos}") from None
     events = data.get("events") if isinstance(data, dict) else None
     n = len(request.slots)
+    if isinstance(events, dict):  # keyed by shot number, as the schema asks
+        events = [events.get(str(i + 1)) for i in range(n)] if len(events) == n else None
     if not isinstance(events, list) or len(events) != n:
-        raise PlanError(f"the answer must be a JSON object whose events list has exactly {n} entries, one per shot")
+        raise PlanError(f"the answer must be a JSON object whose events have exactly {n} entries, one per shot "
+                        f"(keys \"1\" to \"{n}\")")
     captions, tones = [], []
     for i, event in enumerate(events):
         if not isinstance(event, dict) or not isinstance(event.get("caption"), str) or not event["caption"].strip():
-            raise PlanError(f"events[{i}] must be an object with a caption string")
+            raise PlanError(f"events[{i + 1}] must be an object with a caption string")
         captions.append(event["caption"])
         tones.append(str(event.get("tone", "")))
     bed = data.get(AMBIENCE_KEY, "") if request.has_bed() else ""
