@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import checkpoints
 from ..errors import InputError, ModelLoadError, ModelNotFoundError, PlanError
-from ..story import Progress, ProgressFn, no_progress
+from ..story import ProgressFn, no_progress
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +67,8 @@ def load_describer(ref: str, *, device: torch.device, dtype: torch.dtype, model_
     if is_http_ref(ref):
         return HttpDescriber.load(ref, model_name=model_name)
     if model_name is not None:
-        raise InputError(f"--describer-model {model_name!r} names a model on a server; the describer {ref!r} is not one")
+        raise InputError(f"--describer-model {model_name!r} names a model on a server; the describer {ref!r} is "
+                         "not one")
     return TransformersDescriber.load(ref, device=device, dtype=dtype)
 
 
@@ -204,7 +205,8 @@ class TransformersDescriber:
                              hint=f"install it with `{VIDEO_EXTRA}`") from None
 
         pictures = [Image.open(io.BytesIO(image)).convert("RGB") for image in images]
-        content = [*({"type": "image"} for _ in pictures), {"type": "text", "text": DESCRIBE_PROMPT.format(n=len(pictures))}]
+        question = {"type": "text", "text": DESCRIBE_PROMPT.format(n=len(pictures))}
+        content = [*({"type": "image"} for _ in pictures), question]
         chat = [{"role": "user", "content": content}]
         if not _is_qwen_vl(self.model.config):
             text = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)

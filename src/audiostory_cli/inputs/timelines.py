@@ -209,7 +209,8 @@ def _read_csv(text: str, source: str) -> list[tuple[float, float, str, int, int]
         if header is None:
             return []
         names = [name.strip().lower() for name in header]
-        columns = {field: next((names.index(a) for a in aliases if a in names), None) for field, aliases in _KEYS.items()}
+        columns = {field: next((names.index(a) for a in aliases if a in names), None)
+                   for field, aliases in _KEYS.items()}  # fmt: skip
         missing = [field for field, column in columns.items() if column is None]
         if missing:
             raise InputError(f"{source} line 1: the header row must name the columns start, end and description; "

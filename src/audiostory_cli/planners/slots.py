@@ -198,7 +198,8 @@ def max_slot_tokens(request: SlotRequest, limits: PlanLimits = LIMITS) -> int:
     longest: dict[str, Any] = {
         "reasoning": "x" * limits.reasoning_chars,
         "tone": "x" * limits.tone_chars,
-        "events": {str(i + 1): {"caption": caption, "tone": "x" * limits.tone_chars} for i in range(len(request.slots))},
+        "events": {str(i + 1): {"caption": caption, "tone": "x" * limits.tone_chars}
+                   for i in range(len(request.slots))},  # fmt: skip
     }
     if request.has_bed():
         longest[SETTING_KEY] = "x" * limits.setting_chars
@@ -248,7 +249,8 @@ def slot_plan_from_answer(answer: str, request: SlotRequest) -> Plan:
         raise PlanError(f"{AMBIENCE_KEY} = {json.dumps(bed)[:40]}: must be a string")
     if request.gaps == "bed" and not bed.strip():
         raise PlanError(f"{AMBIENCE_KEY} is empty: --gaps bed needs a background sound under the whole video")
-    return slot_plan(request, captions, tones, bed, tone=str(data.get("tone", "")), reasoning=str(data.get("reasoning", "")))
+    tone, reasoning = str(data.get("tone", "")), str(data.get("reasoning", ""))
+    return slot_plan(request, captions, tones, bed, tone=tone, reasoning=reasoning)
 
 
 def slot_plan(
