@@ -16,7 +16,7 @@ from .. import __version__, audio_io
 from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
 from ..errors import AudiostoryError, ModelNotFoundError
 from ..settings import RenderOptions
-from ..story import MAX_EVENTS, StoryRequest, default_max_events, load_plan, plan_to_json
+from ..story import MAX_EVENTS, MAX_TOTAL_S, StoryRequest, default_max_events, load_plan, plan_to_json
 from .display import ProgressView, errors, print_result, show_actors, show_plan, show_record, show_summary, stderr
 from .display import show_shots
 from .options import (
@@ -529,6 +529,9 @@ def dub(
         if output is not None:
             output = check_output(output, audio_only=audio_only)
         info = probe(video)
+        if info.duration_s > MAX_TOTAL_S:
+            raise AudiostoryError(f"{info.path.name} lasts {info.duration_s:g} s: dub makes at most {MAX_TOTAL_S:g} s "
+                                  "of sound", hint="cut the video into parts of at most 10 minutes")  # fmt: skip
         if mix_original is not None and (audio_only or info.audio_streams == 0):
             why = "--audio-only writes no video" if audio_only else f"{info.path.name} has no audio stream"
             raise AudiostoryError(f"--mix-original: {why}", hint="drop --mix-original")
@@ -554,6 +557,9 @@ def dub(
 
             with stderr.status(f"finding the shots of {info.path.name}"):
                 shots = detect_shots(info, min_shot_s=min_shot)
+            if len(shots) > MAX_EVENTS:
+                raise AudiostoryError(f"{info.path.name} has {len(shots)} shots of at least {min_shot:g} s: a plan holds "
+                                      f"at most {MAX_EVENTS}", hint="raise --min-shot")  # fmt: skip
             with stderr.status(f"loading describer {describer}"):
                 describing = load_describer(describer, device=torch_device, dtype=torch_dtype,
                                             model_name=describer_model)  # fmt: skip
