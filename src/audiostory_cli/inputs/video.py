@@ -149,18 +149,23 @@ def frame_times(cue: Cue, count: int) -> list[float]:
 
 
 def frames(info: VideoInfo, times: list[float], *, width: int = FRAME_WIDTH) -> list[bytes]:
-    """One JPEG per time (seconds from the start), ``width`` pixels wide, through ffmpeg."""
-    images = []
+    """One JPEG per time (seconds from the start), ``width`` pixels wide: one ffmpeg run seeking to each time."""
+    if not times:
+        return []
+    command = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error"]
     for time_s in times:
-        command = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-ss", f"{info.start_s + time_s:.3f}",
-                   "-i", str(info.path), "-map", "0:v:0", "-frames:v", "1", "-vf", f"scale={width}:-2",
-                   "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "3", "-"]  # fmt: skip
-        result = _run(command, _PROBE_TIMEOUT_S, f"reading a frame of {info.path}", binary=True)
-        if result.returncode != 0 or not result.stdout:
-            message = _first_line(result.stderr.decode("utf-8", "replace")) or "no frame decoded"
-            raise InputError(f"cannot read the frame at {clock(time_s)} of {info.path}: {message}")
-        images.append(result.stdout)
-    return images
+        command += ["-ss", f"{info.start_s + time_s:.3f}", "-i", str(info.path)]
+    with tempfile.TemporaryDirectory(prefix="audiostory-frames-") as folder:
+        names = [Path(folder) / f"{k}.jpg" for k in range(len(times))]
+        for k, name in enumerate(names):
+            command += ["-map", f"{k}:v:0", "-frames:v", "1", "-vf", f"scale={width}:-2", "-q:v", "3", str(name)]
+        result = _run(command, _PROBE_TIMEOUT_S * len(times), f"reading frames of {info.path}")
+        missing = [t for t, name in zip(times, names) if not name.exists() or name.stat().st_size == 0]
+        if result.returncode != 0 or missing:
+            where = clock(missing[0]) if missing else clock(times[0])
+            raise InputError(f"cannot read the frame at {where} of {info.path}: "
+                             f"{_first_line(result.stderr) or 'no frame decoded'}")  # fmt: skip
+        return [name.read_bytes() for name in names]
 
 
 # --- the output ------------------------------------------------------------------------------------------
