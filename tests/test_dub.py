@@ -231,5 +231,7 @@ def test_dub_usage_errors_exit_2(clip, captions, tmp_path):
     assert both.exit_code == 2 and "--captions and --describer both say" in both.output
     assert run("dub", clip, "--captions", captions).exit_code == 2  # no -o and no --dry-run
     wrong = run("dub", clip, "--captions", captions, "-o", tmp_path / "o.wav")
-    assert wrong.exit_code == 1 and "--audio-only" in wrong.stderr
+    assert wrong.exit_code == 2 and "--audio-only" in wrong.stderr
+    nowhere = run("dub", clip, "--captions", captions, "-o", tmp_path / "missing" / "o.mp4")
+    assert nowhere.exit_code == 2 and "does not exist" in nowhere.stderr
     assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__, audio_io
 from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
-from ..errors import AudiostoryError, ModelNotFoundError
+from ..errors import AudiostoryError, InputError, ModelNotFoundError
 from ..settings import RenderOptions
 from ..story import MAX_EVENTS, MAX_TOTAL_S, StoryRequest, default_max_events, load_plan, plan_to_json
 from .display import ProgressView, errors, print_result, show_actors, show_plan, show_record, show_summary, stderr
@@ -526,8 +526,11 @@ def dub(
     )  # fmt: skip
     with errors():
         require_ffmpeg()
-        if output is not None:
-            output = check_output(output, audio_only=audio_only)
+        if output is not None:  # like generate's -o: a bad extension or a missing folder is a usage error
+            try:
+                output = check_output(output, audio_only=audio_only)
+            except InputError as err:
+                raise typer.BadParameter(str(err), param_hint="'--output' / '-o'") from None
         info = probe(video)
         if info.duration_s > MAX_TOTAL_S:
             raise AudiostoryError(f"{info.path.name} lasts {info.duration_s:g} s: dub makes at most {MAX_TOTAL_S:g} s "
