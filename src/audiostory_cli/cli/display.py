@@ -164,3 +164,16 @@ def show_summary(records, outdir: Path, as_json: bool) -> None:
             typer.echo(r.to_json())
         elif r.status != "failed":
             typer.echo(str(outdir / r.output))
+
+
+def show_shots(timeline) -> None:
+    """One row per shot (or cue): where it is and what is seen there."""
+    from ..inputs.timelines import clock
+
+    table = Table(title=f"{timeline.source}: {len(timeline.cues)} shots", title_justify="left")
+    for column, justify in (("#", "right"), ("start", "right"), ("end", "right"), ("seconds", "right"),
+                            ("what is seen", "left")):  # fmt: skip
+        table.add_column(column, justify=justify)
+    for cue in timeline.cues:
+        table.add_row(str(cue.index + 1), clock(cue.start_s), clock(cue.end_s), f"{cue.duration_s:.2f}", escape(cue.text))
+    stderr.print(table)

@@ -188,3 +188,13 @@ PlotOpt = Annotated[
                        "layers over the audio's spectrogram, joins marked (needs the plot extra; generate "
                        "--dry-run: the plan alone, beside -o)."),
 ]  # fmt: skip
+TimelineOpt = Annotated[
+    Optional[Path], typer.Option("--timeline", help="A timeline file: .srt, .vtt, or a shot list (.json, .csv with "
+                                 "start, end, description). Each cue is a slot with fixed times; the planner writes "
+                                 "what is heard there from what the cue says is seen. --duration defaults to the "
+                                 "end of the last cue."),
+]  # fmt: skip
+GapsOpt = Annotated[
+    str, typer.Option("--gaps", callback=one_of(("silence", "bed")), help="With a timeline: what is heard between "
+                      "cues: silence, or bed (the background sound runs under the whole story, gaps included)."),
+]  # fmt: skip

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from .. import checkpoints, story
 from ..errors import PlanError
@@ -181,9 +181,7 @@ def has_ambience(request: StoryRequest, limits: PlanLimits = LIMITS) -> bool:
 
 def plan_schema(request: StoryRequest, limits: PlanLimits = LIMITS) -> dict[str, Any]:
     """The JSON schema of the answer (a constraining engine enforces every bound written here)."""
-    word = f"^[A-Za-z][A-Za-z ,-]{{0,{limits.tone_chars - 1}}}$"  # a tone: starts with a letter
-    middle = _regex_run(_PRINTABLE, limits.caption_min_chars - 2, limits.caption_max_chars - 2)
-    caption = f"[A-Za-z]{middle}{_VISIBLE}"
+    caption, word = caption_patterns(limits)
     fields: dict[str, Any] = {
         "caption": {"type": "string", "pattern": f"^{caption}$"},
         "duration_s": {"type": "integer", "minimum": 1, "maximum": max(1, math.ceil(request.total_s))},
@@ -202,6 +200,13 @@ def plan_schema(request: StoryRequest, limits: PlanLimits = LIMITS) -> dict[str,
         properties[SETTING_KEY] = {"type": "string", "pattern": setting}
         properties[AMBIENCE_KEY] = {"type": "string", "pattern": f"^(|{caption})$"}  # a caption, or "" for none
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def caption_patterns(limits: PlanLimits = LIMITS) -> tuple[str, str]:
+    """(a caption's regex without anchors, a tone's anchored regex): the bounds every plan schema shares."""
+    word = f"^[A-Za-z][A-Za-z ,-]{{0,{limits.tone_chars - 1}}}$"  # a tone: starts with a letter
+    middle = _regex_run(_PRINTABLE, limits.caption_min_chars - 2, limits.caption_max_chars - 2)
+    return f"[A-Za-z]{middle}{_VISIBLE}", word
 
 
 def _regex_run(char_class: str, least: int, most: int) -> str:
@@ -245,19 +250,36 @@ class JsonPlanner:
         messages = plan_prompt_messages(request, self.limits)
         schema = plan_schema(request, self.limits)
         budget = max_answer_tokens(request, self.limits)
-        for _ in range(self.limits.tries):
-            answer = self.engine.complete(messages, schema, max_tokens=budget, progress=progress)
-            try:
-                return plan_from_answer(answer, request, self.limits)
-            except PlanError as err:
-                error = err
-            progress(Progress("plan", 0, budget, f"plan rejected ({error}), asking again"))
-            retry = f"That plan was rejected: {error}. Answer with a corrected JSON plan."
-            messages = [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": retry}]
-        raise PlanError(
-            f"planner {self.ref} gave no valid plan in {self.limits.tries} tries; the last problem: {error}",
+        return ask_for_plan(
+            self.engine, messages, schema, budget, lambda answer: plan_from_answer(answer, request, self.limits),
+            tries=self.limits.tries, progress=progress,
             hint="try again with another prompt, duration or --max-events, or use a larger planner model",
-        )
+        )  # fmt: skip
+
+
+def ask_for_plan(
+    engine: Engine,
+    messages: list[dict[str, str]],
+    schema: dict[str, Any],
+    budget: int,
+    read: Callable[[str], Plan],
+    *,
+    tries: int,
+    progress: ProgressFn,
+    hint: str,
+) -> Plan:
+    """``read(answer)`` of the engine's answer to ``messages`` under ``schema``; after a ``PlanError`` the model is
+    asked again with the error in the conversation, ``tries`` answers in all, then ``PlanError`` (``hint``)."""
+    for _ in range(tries):
+        answer = engine.complete(messages, schema, max_tokens=budget, progress=progress)
+        try:
+            return read(answer)
+        except PlanError as err:
+            error = err
+        progress(Progress("plan", 0, budget, f"plan rejected ({error}), asking again"))
+        retry = f"That plan was rejected: {error}. Answer with a corrected JSON plan."
+        messages = [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": retry}]
+    raise PlanError(f"planner {engine.ref} gave no valid plan in {tries} tries; the last problem: {error}", hint=hint)
 
 
 # --- the answer -> Plan ------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ def api_key() -> str | None:
 class OpenAIHttpEngine:
     """One model on an OpenAI-compatible server, answering chats under a JSON schema where it can."""
 
+    role = "planner"  # what the server is to the user, in errors ("describer" for a video describer)
+
     def __init__(self, url: str, model: str, *, key: str | None = None, settings: HttpSettings = HttpSettings()):
         self.url = public_url(url)  # base URL, e.g. http://127.0.0.1:8080/v1
         self.ref = self.url  # what plans record and errors name (never the key)
@@ -101,7 +103,7 @@ class OpenAIHttpEngine:
                 self.constrained = RESPONSE_FORMATS[self._format] is not None
         text = _message_text(reply)
         if text is None:
-            raise PlanError(f"planner server {self.url} sent a reply without a message (model {self.model})")
+            raise PlanError(f"{self.role} server {self.url} sent a reply without a message (model {self.model})")
         progress(Progress("plan", max_tokens, max_tokens, "plan written"))
         return text
 
@@ -113,7 +115,7 @@ class OpenAIHttpEngine:
             raise self._error(err, loading=True) from None
         data = reply.get("data") if isinstance(reply, dict) else None
         if not isinstance(data, list):
-            raise ModelLoadError(f"planner server {self.url} sent a model list without 'data' (GET /models)",
+            raise ModelLoadError(f"{self.role} server {self.url} sent a model list without 'data' (GET /models)",
                                  hint="is it an OpenAI-compatible server? the URL usually ends in /v1")  # fmt: skip
         return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
 
@@ -165,7 +167,7 @@ class OpenAIHttpEngine:
 
     def _error(self, err: _HttpError, *, loading: bool = False) -> Exception:
         """The one line a user sees for a failed call: what failed, at which URL, and what to do."""
-        at = f"planner server {self.url}"
+        at = f"{self.role} server {self.url}"
         if err.connect:
             return ModelLoadError(f"{at}: {err.message} ({err.where})",
                                   hint="is the server running? start it or check --planner")  # fmt: skip

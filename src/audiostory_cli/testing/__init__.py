@@ -22,6 +22,7 @@ from .stable_audio_3 import (
     build_tiny_stable_audio_3_small,
 )
 from .tangoflux import build_tiny_decoder
+from .vlm import build_tiny_vlm
 
 __all__ = [
     "AUDIOSTORY_LLM_PREFIX",
@@ -34,6 +35,7 @@ __all__ = [
     "build_tiny_stable_audio_3",
     "build_tiny_stable_audio_3_original",
     "build_tiny_stable_audio_3_small",
+    "build_tiny_vlm",
     "main",
 ]
 
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         "stable-audio-3": build_tiny_stable_audio_3,  # diffusers layout
         "stable-audio-3-original": build_tiny_stable_audio_3_original,  # Stability's, the same weights
         "stable-audio-3-small": lambda path, seed: build_tiny_stable_audio_3_small(path, seed=seed, size=args.size),
+        "vlm": build_tiny_vlm,  # a Qwen2-VL vision-language model: the describer of `dub`
     }
     for name, build in builders.items():
         print(build(args.dir / name, seed=args.seed))
