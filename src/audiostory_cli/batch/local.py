@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import audio_io
 from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
-from ..errors import AudiostoryError
+from ..errors import AudiostoryError, InputError
 from ..pipeline import (
     DEFAULT_BATCH_SIZE,
     StoryResult,
@@ -124,7 +124,7 @@ def make_tasks(items: Sequence[BatchItem], settings: BatchSettings) -> list[Stor
         problem, output, request = item.problem, None, {}
         if problem is None:
             try:
-                output = safe_output_name(item, index, settings.extension)
+                output = safe_output_name(item, index, settings.extension, settings.outdir)
                 audio_io.check_extension(Path(output).suffix)
                 request = resume.request_record(
                     prompt=item.prompt, duration_s=total_s, seed=seed, tone=item.tone,
@@ -132,7 +132,7 @@ def make_tasks(items: Sequence[BatchItem], settings: BatchSettings) -> list[Stor
                     **({"planner_model": settings.planner_model} if settings.planner_model else {}),
                 )  # fmt: skip
             except AudiostoryError as err:
-                problem = str(err) if str(err).startswith("line ") else f"line {item.line}: {err}"
+                problem = str(err)
         tasks.append(StoryTask(item.line, item.prompt, output, total_s, seed, item.tone, request, problem))
     resume.check_unique_outputs([(t.line, t.output) for t in tasks if t.output is not None])
     return tasks
@@ -173,13 +173,18 @@ def render_task(
     return StoryResult(rendered, output, plan_path, track.duration_s, track.sample_rate)
 
 
+STORY_ERRORS = (AudiostoryError, OSError)  # what fails one story and not the batch: a user error, or the file
+#   system refusing its files (ENOSPC, EACCES, ENAMETOOLONG, EIO) where audio_io did not already say so
+
+
 def run_story(models: BatchModels, task: StoryTask, settings: BatchSettings, progress: ProgressFn, run: str) -> Record:
-    """Plan and render one story; a user-fixable failure becomes a failed record, a bug propagates."""
+    """Plan and render one story; a user-fixable failure or a refused write becomes a failed record (the batch
+    goes on), a bug propagates."""
     started = time.perf_counter()
     try:
         plan = plan_task(models, task, settings, progress)
         render_task(models, task, plan, settings, progress)
-    except AudiostoryError as err:
+    except STORY_ERRORS as err:
         return _failed(task, err, time.perf_counter() - started, run)
     return _record(task, "ok", time.perf_counter() - started, run)
 
@@ -188,12 +193,48 @@ def _record(task: StoryTask, status: str, seconds: float, run: str, error: str |
     return Record(task.line, task.prompt, task.output, status, round(seconds, 3), error, run, now_utc())
 
 
-def _failed(task: StoryTask, err: AudiostoryError | str, seconds: float, run: str) -> Record:
-    message = str(err)
-    return _record(task, "failed", seconds, run, message if message.startswith("line ") else f"line {task.line}: {message}")
+def _failed(task: StoryTask, err: BaseException | str, seconds: float, run: str) -> Record:
+    """A failed record; its ``error`` is one line without "line N: " (the record has ``line``; the CLI adds it)."""
+    return _record(task, "failed", seconds, run, error_line(err))
+
+
+def error_line(err: BaseException | str) -> str:
+    """The one line a failed record keeps: the message, or for a bare ``OSError`` what the system said."""
+    if isinstance(err, OSError) and not isinstance(err, AudiostoryError):
+        where = f" {err.filename}" if err.filename is not None else ""
+        message = f"could not write{where}: {err.strerror or err}"
+    else:
+        message = str(err)
+    return " ".join(message.split()) or type(err).__name__
 
 
 # --- one run over a folder -----------------------------------------------------------------------------
+
+
+def check_outdir(outdir: Path) -> None:
+    """Before anything else: ``outdir`` is a folder this process can write into, or can be created (the nearest
+    folder above it that exists is writable). Creates nothing."""
+    try:
+        if outdir.exists() and not outdir.is_dir():
+            raise InputError(f"output folder {outdir} is a file", hint="give a folder")
+        existing = next(p for p in (outdir, *outdir.parents) if p.exists())
+    except OSError as err:
+        raise InputError(f"cannot use {outdir} as the output folder: {err.strerror or err}") from None
+    if not existing.is_dir():
+        raise InputError(f"cannot create the output folder {outdir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        made = "" if existing == outdir else f"cannot create the output folder {outdir}: "
+        raise InputError(f"{made}the folder {existing} is not writable", hint="give an --outdir you can write into")
+
+
+def make_outdir(outdir: Path) -> None:
+    """``check_outdir``, then create ``outdir``; every refusal is one ``InputError``."""
+    check_outdir(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the output folder {outdir}: {err.strerror or err}") from None
+
 
 
 class BatchRun:
@@ -215,7 +256,7 @@ class BatchRun:
 
     def __enter__(self) -> BatchRun:
         outdir = self.settings.outdir
-        outdir.mkdir(parents=True, exist_ok=True)
+        make_outdir(outdir)
         with self._stack as stack:
             stack.enter_context(resume.folder_lock(outdir))
             self._manifest = stack.enter_context(ManifestWriter(manifest_path(outdir)))
@@ -273,7 +314,7 @@ def run_local(
         if error is None:
             try:
                 render_task(models, task, plan, settings, progress_for(task.line))
-            except AudiostoryError as err:
+            except STORY_ERRORS as err:
                 error = err
         seconds = planned_s + time.perf_counter() - started
         batch.record(_record(task, "ok", seconds, run) if error is None else _failed(task, error, seconds, run))
@@ -285,7 +326,7 @@ _DONE = object()  # end of the planner thread's queue
 
 def _planned_ahead(
     models: BatchModels, todo: Sequence[StoryTask], settings: BatchSettings, progress_for
-) -> Iterator[tuple[StoryTask, Plan | None, float, AudiostoryError | None]]:
+) -> Iterator[tuple[StoryTask, Plan | None, float, BaseException | None]]:
     """(task, plan, seconds planning, error) in file order, planned by a thread that stays at most one plan
     ahead of the caller (a queue of depth 1: two plans in memory, never a growing backlog)."""
     plans: queue.Queue = queue.Queue(maxsize=1)
@@ -306,7 +347,7 @@ def _planned_ahead(
                 started = time.perf_counter()
                 try:
                     item = (task, plan_task(models, task, settings, progress_for(task.line)), None)
-                except AudiostoryError as err:
+                except STORY_ERRORS as err:
                     item = (task, None, err)
                 if not put((*item[:2], time.perf_counter() - started, item[2])):
                     return

@@ -271,7 +271,7 @@ def batch(
     plan, same request) is skipped, so running the command again finishes what a killed run left. Each line's
     outcome is appended to DIR/manifest.jsonl. A bad prompt is reported and skipped; exit 1 if any failed."""
     from ..batch.local import BatchRun, BatchSettings, ModelSpec, load_batch_models, make_tasks, run_local
-    from ..batch.local import with_default_refs
+    from ..batch.local import check_outdir, with_default_refs
     from ..batch.prompts import read_prompts_file
 
     options = render_options(
@@ -283,8 +283,7 @@ def batch(
         extension = "." + audio_format.lower().lstrip(".")
         audio_io.check_extension(extension)
         items = read_prompts_file(prompts_file)
-        if outdir.exists() and not outdir.is_dir():
-            raise AudiostoryError(f"--outdir {outdir} is a file", hint="give a folder")
+        check_outdir(outdir.expanduser())  # a file, or a folder that cannot be written or created: one line, before any work
         if ray_address is not None:
             from ..batch.ray import import_ray
 
