@@ -198,6 +198,11 @@ def test_load_plan_of_any_bytes_is_a_plan_or_one_error(tmp_path, raw):
         ('"plan"', "the plan must be a JSON object, got a string"),
         ('{"schema_version": true}', "schema_version = true"),
         ('{"total_s": 5, "events": [{"caption": "a\\ud800", "start_s": 0, "duration_s": 5}]}', "events[0].caption"),
+        # an event of 0 samples crashed the decoder (a conv1d kernel larger than its input) after the model loaded
+        ('{"total_s": 0.00001, "events": [{"caption": "a", "start_s": 0, "duration_s": 0.00001}]}',
+         "events[0].duration_s = 1e-05: must be > 0 (at least 0.001 s)"),
+        ('{"total_s": 5, "events": [{"caption": "a", "start_s": 0, "duration_s": 5}], "render": {"seed": 1, '
+         '"decoder": "' + "a" * 300 + '"}}', "a name in it is longer than a file system allows (255 bytes)"),
         ('{"total_s": 5, "events": [{"caption": "a", "start_s": 0, "duration_s": 5}], "render": {"seed": 1, '
          '"steps": 1' + "0" * 400 + "}}", "render.steps = 100000000000... (401 digits): must be an integer between 1"),
     ],

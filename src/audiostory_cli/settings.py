@@ -9,6 +9,7 @@ saves the values used. No torch here.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -25,6 +26,7 @@ MAX_CROSSFADE_S = 10.0  # seconds two consecutive clips may overlap
 LOUDNESS_RANGE_LUFS = (-70.0, 0.0)  # integrated loudness targets
 PEAK_RANGE_DBFS = (-60.0, 0.0)  # peak ceilings
 MAX_REF_CHARS = 4096  # a model reference (a path or a hub id) is at most a path's length
+MAX_NAME_BYTES = 255  # one file or folder name in a model reference (NAME_MAX): a longer one cannot exist
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class RenderOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise InputError(f"{name} = {_shown(value)}: must be a model reference (a path or a hub id)")
+            if value is not None and max(len(os.fsencode(part)) for part in value.split("/")) > MAX_NAME_BYTES:
+                raise InputError(f"{name} = {_shown(value)}: a name in it is longer than a file system allows "
+                                 f"({MAX_NAME_BYTES} bytes): must be a model reference (a path or a hub id)")
 
     def resolved(self, default_steps: int, default_guidance: float) -> RenderOptions:
         """These options with ``steps``/``guidance`` left to the decoder filled in with its own values."""

@@ -26,6 +26,7 @@ MAX_EVENTS = 64  # most events one plan may hold
 MAX_CAPTION_CHARS = 200  # a caption is one sentence of what is heard
 MAX_PROMPT_CHARS = 2000  # a story prompt is a paragraph, not a document
 MAX_LAYER = 3  # layer 0 is the foreground sequence; 1..3 are beds placed under it
+MIN_EVENT_S = 0.001  # shortest event: a clip of at least a few samples (an event of 0 samples crashed the decoder)
 _EPS_S = 1e-6  # tolerance for float seconds read back from JSON
 MAX_PLAN_BYTES = 16 * 1024 * 1024  # a plan file is a few kB; a bigger file is not a plan
 MAX_JSON_DEPTH = 16  # nesting a plan's free-form ``request`` may have (a batch writes 2 levels)
@@ -335,9 +336,9 @@ def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
     start_s = _number(raw, "start_s", where, f">= 0 and < total_s ({total_s:g})")
     if not 0 <= start_s < total_s:
         raise PlanError(f"{where}start_s = {start_s:g}: must be >= 0 and < total_s ({total_s:g})")
-    duration_s = _number(raw, "duration_s", where, f"> 0, ending by total_s ({total_s:g})")
-    if not duration_s > 0:
-        raise PlanError(f"{where}duration_s = {duration_s:g}: must be > 0")
+    duration_s = _number(raw, "duration_s", where, f">= {MIN_EVENT_S:g}, ending by total_s ({total_s:g})")
+    if not duration_s >= MIN_EVENT_S:
+        raise PlanError(f"{where}duration_s = {duration_s:g}: must be > 0 (at least {MIN_EVENT_S:g} s)")
     if start_s + duration_s > total_s + _EPS_S:
         raise PlanError(
             f"{where}duration_s = {duration_s:g}: the event ends at {start_s + duration_s:g} s, "
@@ -353,7 +354,7 @@ def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
 def _check_events(events: tuple[Event, ...], total_s: float) -> None:
     """The timeline checks of ``plan_from_dict`` on events already built (``round_times`` re-checks)."""
     for e in events:
-        if not (0 <= e.start_s < total_s and e.duration_s > 0 and e.end_s <= total_s + _EPS_S):
+        if not (0 <= e.start_s < total_s and e.duration_s >= MIN_EVENT_S and e.end_s <= total_s + _EPS_S):
             raise PlanError(f"events[{e.index}] does not fit in total_s ({total_s:g})")
     _check_no_overlap(events)
 
