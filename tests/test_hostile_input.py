@@ -527,3 +527,21 @@ def test_one_bad_write_fails_its_line_and_the_batch_goes_on(tiny_planner, tiny_d
     stderr = " ".join(result.stderr.split())
     assert "line 2: could not write" in stderr and "line 2: line 2" not in stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.plan.json", "a.wav", "e.plan.json", "e.wav", "manifest.jsonl"]
+
+
+def test_a_generated_plan_says_its_times_in_milliseconds_and_renders_the_same_samples(
+    tiny_planner, tiny_decoder, tmp_path
+):
+    """9.7 s: the planner's timeline ends its last event at total_s with float noise (6.466999999999999 before
+    this fix); the plan now says 6.467, and that is what was rendered."""
+    models = ["--planner", str(tiny_planner), "--decoder", str(tiny_decoder), "--steps", "1", "--device", "cpu"]
+    runner = CliRunner()
+    made = runner.invoke(app, ["generate", "a storm, a bell, gulls", "-o", str(tmp_path / "a.wav"), "--duration",
+                               "9.7", *models])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    plan = json.loads((tmp_path / "a.plan.json").read_text())
+    times = [plan["total_s"]] + [e[k] for e in plan["events"] for k in ("start_s", "duration_s")]
+    assert all(t == round(t, 3) for t in times), times
+    again = runner.invoke(app, ["render", str(tmp_path / "a.plan.json"), "-o", str(tmp_path / "b.wav"), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()

@@ -19,6 +19,7 @@ from ..settings import MAX_SEED
 from ..story import MAX_CAPTION_CHARS, MAX_TOTAL_S, check_prompt, check_seed, check_text, check_total_s, parse_json, shown
 
 MAX_SLUG_CHARS = 48  # file names derived from prompts keep whole words up to this length
+MAX_PROMPTS_FILE_BYTES = 256 * 2**20  # a million stories of 200 characters; /dev/zero is refused, not read whole
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")  # a file so named is JSON Lines throughout
 DEFAULT_NAME_MAX = 255  # bytes in one file name, where the file system does not say (os.pathconf)
 PARTIAL_EXTRA_BYTES = len(".") + len(".12345678.partial")  # audio_io's ".NAME.XXXXXXXX.partial.EXT" adds these
@@ -50,7 +51,8 @@ def read_prompts_file(path: Path) -> list[BatchItem]:
     ``InputError`` only for the file as a whole: missing, a folder, unreadable, or without any prompt."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:  # a pipe (``<(grep storm prompts.txt)``) reads as well as a file
+            raw = file.read(MAX_PROMPTS_FILE_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"prompts file not found: {path}") from None
     except IsADirectoryError:
@@ -59,6 +61,10 @@ def read_prompts_file(path: Path) -> list[BatchItem]:
         raise InputError(f"cannot read prompts file {path}: {err.strerror or err}") from None
     except ValueError as err:  # a NUL byte in the path
         raise InputError(f"cannot read prompts file {shown(str(path))}: {err}") from None
+    if len(raw) > MAX_PROMPTS_FILE_BYTES:
+        raise InputError(
+            f"prompts file {path} has more than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB", hint="split it into several batches"
+        )
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     json_lines = path.suffix.lower() in JSON_LINES_SUFFIXES
