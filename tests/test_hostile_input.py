@@ -282,6 +282,7 @@ lines = st.one_of(
 def _items_are_usable(items):
     for item in items:
         assert isinstance(item, BatchItem)
+        item.prompt.encode("utf-8")  # the manifest records it
         if item.problem is not None:
             assert "\n" not in item.problem and not item.problem.startswith("line ")
             continue
@@ -432,6 +433,7 @@ def test_render_of_a_hostile_plan_is_one_line_and_no_file(tmp_path_factory, no_m
 
 @FAST
 @given(st.lists(lines, min_size=1, max_size=6))
+@example([b'{"prompt": "\\ud800"}', b'{"prompt": "\\udcff", "x": 1}'])  # a lone surrogate in a failed record
 def test_batch_of_hostile_lines_reports_each_before_any_model_loads(
     tmp_path_factory, tiny_planner, tiny_decoder, no_models, raw_lines
 ):

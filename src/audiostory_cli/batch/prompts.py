@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..settings import MAX_SEED
-from ..story import MAX_CAPTION_CHARS, MAX_TOTAL_S, check_prompt, check_seed, check_text, check_total_s, parse_json, shown
+from ..story import MAX_CAPTION_CHARS, MAX_TOTAL_S, _json_kind, check_prompt, check_seed, check_text, check_total_s
+from ..story import parse_json, shown
 
 MAX_SLUG_CHARS = 48  # file names derived from prompts keep whole words up to this length
 MAX_PROMPTS_FILE_BYTES = 256 * 2**20  # a million stories of 200 characters; /dev/zero is refused, not read whole
@@ -98,21 +99,17 @@ def _parse_prompt_line(text: str, number: int, json_lines: bool = False) -> Batc
     except ValueError as err:  # too many digits, too deep
         return BatchItem(line=number, prompt=text[:200], problem=f"not valid JSON: {err}")
     if not isinstance(data, dict):
-        from ..story import _json_kind
-
-        return BatchItem(
-            line=number, prompt=text[:200], problem=f"must be a JSON object with a \"prompt\", got {_json_kind(data)}"
-        )
-    prompt = data.get("prompt")
-    prompt = prompt if isinstance(prompt, str) else ""
+        problem = f"must be a JSON object with a \"prompt\", got {_json_kind(data)}"
+        return BatchItem(line=number, prompt=text[:200], problem=problem)
     problem = _json_item_problem(data)
     if problem:
-        return BatchItem(line=number, prompt=prompt, problem=problem)
+        prompt = data.get("prompt")
+        return BatchItem(line=number, prompt=_printable(prompt if isinstance(prompt, str) else ""), problem=problem)
     return _checked(
         BatchItem(
             line=number,
             prompt=data["prompt"],
-            duration_s=None if data.get("duration") is None else data["duration"],
+            duration_s=data.get("duration"),
             seed=data.get("seed"),
             output=data.get("output"),
             tone=data.get("tone"),
@@ -160,9 +157,15 @@ def _checked(item: BatchItem) -> BatchItem:
         if item.output is not None:
             check_text(item.output, "output")
     except InputError as err:
-        return BatchItem(line=item.line, prompt=item.prompt[:200], problem=str(err))
+        return BatchItem(line=item.line, prompt=_printable(item.prompt), problem=str(err))
     duration = None if item.duration_s is None else float(item.duration_s)
     return BatchItem(item.line, item.prompt, duration, item.seed, item.output, item.tone)
+
+
+def _printable(prompt: str) -> str:
+    """A bad line's prompt as its failed record keeps it: at most 200 characters, a lone surrogate (JSON's
+    ``"\\ud800"``) written out, so the manifest line encodes as UTF-8."""
+    return prompt[:200].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def name_max(folder: Path) -> int:
