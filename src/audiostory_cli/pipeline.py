@@ -15,7 +15,7 @@ from . import audio_io, loudness, mix
 from .errors import InputError
 from .decoders.base import ClipRequest
 from .settings import RenderOptions
-from .story import Plan, Progress, ProgressFn, StoryRequest, Track, clip_seed, no_progress, plan_to_json
+from .story import Plan, Progress, ProgressFn, StoryRequest, Track, clip_seed, no_progress, plan_to_json, round_times
 
 if TYPE_CHECKING:
     from .conditioning.base import Conditioner
@@ -88,9 +88,10 @@ def auto_batch_size(decoder: Decoder) -> int:
 
 
 def plan_story(planner, request: StoryRequest, *, progress: ProgressFn = no_progress) -> Plan:
-    """Ask the planner for a plan (``--dry-run`` stops here)."""
+    """Ask the planner for a plan (``--dry-run`` stops here), its times in whole milliseconds (``round_times``:
+    what renders is what ``plan.json`` says, to the float)."""
     progress(Progress("plan", 0, 0, "planning the story"))
-    plan = planner.plan(request, progress=progress)
+    plan = round_times(planner.plan(request, progress=progress))
     progress(Progress("plan", 1, 1, f"{len(plan.events)} events"))
     return plan
 

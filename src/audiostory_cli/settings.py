@@ -9,8 +9,8 @@ and the defaults are merged. No torch here.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ PEAK_RANGE_DBFS = (-60.0, 0.0)  # peak ceilings
 MAX_BATCH_SIZE = 64  # clips denoised together
 MODEL_REFS = ("decoder", "planner", "bridge", "model")  # the fields that name models
 MODEL_EXCLUSIVE = ("planner", "decoder", "bridge", "coherence")  # what an AudioStory model brings itself
+MAX_REF_CHARS = 4096  # a model reference (a path or a hub id) is at most a path's length
+MAX_NAME_BYTES = 255  # one file or folder name in a model reference (NAME_MAX): a longer one cannot exist
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,9 @@ class RenderOptions:
         _check_range("crossfade", self.crossfade_s, 0.0, MAX_CROSSFADE_S, "seconds")
         _check_range("coherence", self.coherence, 0.0, 1.0)
         if not isinstance(self.continuation, bool):
-            raise InputError(f"continuation = {self.continuation!r}: must be true or false")
-        if self.window not in WINDOWS:
-            raise InputError(f"window = {self.window!r}: must be one of {', '.join(WINDOWS)}")
+            raise InputError(f"continuation = {_shown(self.continuation)}: must be true or false")
+        if not isinstance(self.window, str) or self.window not in WINDOWS:
+            raise InputError(f"window = {_shown(self.window)}: must be one of {', '.join(WINDOWS)}")
         if self.loudness_lufs is not None:
             _check_range("loudness", self.loudness_lufs, *LOUDNESS_RANGE_LUFS, "LUFS")
         _check_range("peak", self.peak_dbfs, *PEAK_RANGE_DBFS, "dBFS")
@@ -72,7 +74,10 @@ class RenderOptions:
         for name in MODEL_REFS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise InputError(f"{name} = {value!r}: must be a model reference (a path or a hub id)")
+                raise InputError(f"{name} = {_shown(value)}: must be a model reference (a path or a hub id)")
+            if value is not None and max(len(os.fsencode(part)) for part in value.split("/")) > MAX_NAME_BYTES:
+                raise InputError(f"{name} = {_shown(value)}: a name in it is longer than a file system allows "
+                                 f"({MAX_NAME_BYTES} bytes): must be a model reference (a path or a hub id)")
 
     def resolved(self, default_steps: int, default_guidance: float, batch_size: int | None = None) -> RenderOptions:
         """These options with ``steps``/``guidance`` left to the decoder filled in with its own values, and
@@ -95,20 +100,29 @@ _LEGACY = {"coherence": 0.0, "continuation": False, "window": "auto", "loudness_
 
 
 def options_from_dict(raw: Any, where: str = "render.") -> RenderOptions:
-    """Read a plan's ``render`` object back whole; a bad value is a ``PlanError`` naming the field."""
+    """Read a plan's ``render`` object back whole; a bad value (of any JSON type, NaN, a 400-digit integer)
+    is a ``PlanError`` naming the field and its range."""
+    from .story import _json_kind, _key_name, shown  # story imports this module
+
     if not isinstance(raw, dict):
-        raise PlanError(f"render must be an object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _FIELDS)
+        raise PlanError(f"render must be an object, got {_json_kind(raw)}")
+    unknown = sorted((k for k in raw if k not in _FIELDS), key=str)
     if unknown:
-        raise PlanError(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(sorted(_FIELDS))})")
+        raise PlanError(f"{where}{_key_name(unknown[0])}: unknown field (allowed: {', '.join(sorted(_FIELDS))})")
     values = {**_LEGACY, **{k: v for k, v in raw.items() if v is not None or k not in _LEGACY}}
     if values.get("decoder") == "":  # plans of the first version saved "" for "no decoder recorded"
         values["decoder"] = None
     for name in ("seed", "steps"):
         if values.get(name) is not None and (isinstance(values[name], bool) or not isinstance(values[name], int)):
-            raise PlanError(f"{where}{name} = {json.dumps(values[name])}: must be an integer")
+            raise PlanError(f"{where}{name} = {shown(values[name])}: must be an integer")
     if "seed" not in values:
         raise PlanError(f"{where}seed is missing")
+    for name in ("decoder", "planner", "bridge", "model"):
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > MAX_REF_CHARS:
+            raise PlanError(f"{where}{name} has {len(value)} characters: a model reference has at most {MAX_REF_CHARS}")
+        if isinstance(value, str) and ("\0" in value or not value.isprintable()):
+            raise PlanError(f"{where}{name} = {_shown(value)}: must be a model reference (a path or a hub id)")
     try:
         return RenderOptions(**values)
     except InputError as err:
@@ -142,8 +156,6 @@ def merge_options(saved: RenderOptions | None = None, **given: Any) -> RenderOpt
         raise OptionError(str(err), field=str(err).split(" ", 1)[0]) from None
 
 
-MAX_REF_CHARS = 4096  # a model reference longer than this is no path (PATH_MAX) and no hub id
-
 
 def _model_ref(name: str, ref: Any) -> str:
     """A model reference as saved: a local path made absolute (a bridge always), a hub id or URL as given."""
@@ -161,15 +173,30 @@ def _model_ref(name: str, ref: Any) -> str:
     except (OSError, ValueError) as err:  # a name too long for the file system, a loop of links
         reason = getattr(err, "strerror", None) or str(err)
         raise OptionError(f"{name} = {text[:60]!r}: {reason}", field=name) from None
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut to 60 characters; never raising: a huge int, ``NaN`` read from JSON
+    (``story.NonFinite``) and deep nesting are shown as ``story.shown`` shows them."""
+    from .story import NonFinite, shown  # story imports this module
+
+    if isinstance(value, (int, NonFinite)) and not isinstance(value, bool):
+        return shown(value)
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        return shown(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(f"{name} = {value!r}: must be an integer between {low} and {high}")
+        raise InputError(f"{name} = {_shown(value)}: must be an integer between {low} and {high}")
 
 
 def _check_range(name: str, value: Any, low: float, high: float, unit: str = "") -> None:
-    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an integer beyond float range, read from a plan
+        finite = False
     if not finite or not low <= value <= high:
-        shown = f"{value:g}" if finite else repr(value)
+        shown = f"{value:g}" if finite else _shown(value)
         raise InputError(f"{name} = {shown}: must be between {low:g} and {high:g}{' ' + unit if unit else ''}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .errors import InputError, PlanError
+from .errors import AudiostoryError, InputError, PlanError
 from .settings import MAX_SEED, RenderOptions, options_from_dict
 
 SCHEMA_VERSION = 1  # bump when the plan JSON changes shape; older versions are rejected with a message
@@ -25,7 +26,12 @@ MAX_EVENTS = 64  # most events one plan may hold
 MAX_CAPTION_CHARS = 200  # a caption is one sentence of what is heard
 MAX_PROMPT_CHARS = 2000  # a story prompt is a paragraph, not a document
 MAX_LAYER = 3  # layer 0 is the foreground sequence; 1..3 are beds placed under it
+MIN_EVENT_S = 0.001  # shortest event: a clip of at least a few samples (an event of 0 samples crashed the decoder)
 _EPS_S = 1e-6  # tolerance for float seconds read back from JSON
+MAX_PLAN_BYTES = 16 * 1024 * 1024  # a plan file is a few kB; a bigger file is not a plan
+MAX_JSON_DEPTH = 16  # nesting a plan's free-form ``request`` may have (a batch writes 2 levels)
+MAX_REQUEST_ITEMS = 256  # values a plan's ``request`` may hold, all levels together
+MAX_REQUEST_INT = 2**64  # integers in a plan's ``request`` (seeds, counts) stay below this in size
 
 
 @dataclass(frozen=True)
@@ -157,18 +163,60 @@ def clip_seed(seed: int, index: int) -> int:
 def check_prompt(prompt: str) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty", hint="describe the story in a sentence or two")
+    check_text(prompt, "the prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InputError(f"the prompt has {len(prompt)} characters: must be at most {MAX_PROMPT_CHARS}")
 
 
 def check_total_s(total_s: float) -> None:
     if not is_finite_number(total_s) or not 0 < total_s <= MAX_TOTAL_S:
-        raise InputError(f"duration = {total_s}: must be > 0 and <= {MAX_TOTAL_S:g} seconds")
+        raise InputError(f"duration = {shown(total_s)}: must be > 0 and <= {MAX_TOTAL_S:g} seconds")
 
 
 def check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"seed = {seed}: must be an integer between 0 and {MAX_SEED}")
+        raise InputError(f"seed = {shown(seed)}: must be an integer between 0 and {MAX_SEED}")
+
+
+def check_text(text: str, name: str) -> None:
+    """A string that will be printed, tokenized and written as UTF-8: no lone surrogates (JSON's ``"\\ud800"``,
+    or undecodable bytes of a command line) and no NUL characters."""
+    if "\0" in text:
+        raise InputError(f"{name} contains a NUL character (\\u0000): remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(f"{name} contains {shown(text[err.start])}, which is not a character: text must be UTF-8") from None
+
+
+# --- times --------------------------------------------------------------------------------------------
+
+
+def round_times(plan: Plan) -> Plan:
+    """``plan`` with its times in whole milliseconds (start, end and total each rounded to the millisecond
+    they mean, each duration the difference of its rounded end and start, so sums stay exact), or ``plan``
+    itself when a time is not within float noise of a millisecond (a hand-made 0.0005 s) or rounding would
+    change the plan's shape (an event under 1 ms, an overlap). Apply it where a plan is made, before it is
+    rendered (see the module's docstring); plan files are read as written."""
+
+    def ms(seconds: float) -> int | None:
+        whole = round(seconds * 1000)
+        return whole if abs(seconds * 1000 - whole) <= 1e-6 else None
+
+    total = ms(plan.total_s)
+    bounds = [(ms(e.start_s), ms(e.end_s)) for e in plan.events]
+    if total is None or any(start is None or end is None or end <= start for start, end in bounds):
+        return plan
+    events = tuple(
+        replace(e, start_s=start / 1000, duration_s=(min(end, total) - start) / 1000)
+        for e, (start, end) in zip(plan.events, bounds)
+    )
+    rounded = replace(plan, total_s=total / 1000, events=events)
+    try:
+        _check_events(rounded.events, rounded.total_s)
+    except PlanError:
+        return plan
+    return rounded
 
 
 # --- JSON ---------------------------------------------------------------------------------------------
@@ -205,34 +253,53 @@ def plan_to_json(plan: Plan) -> str:
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read and validate a plan file; every problem is a ``PlanError`` naming the file."""
+    """Read and validate a plan file; every problem is a ``PlanError`` or ``InputError`` naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_PLAN_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"plan file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read plan file {path}: {err}") from None
+    except IsADirectoryError:
+        raise InputError(f"plan file {path} is a folder: give a plan .json file") from None
+    except OSError as err:
+        raise InputError(f"cannot read plan file {path}: {err.strerror or err}") from None
+    except ValueError as err:  # a NUL byte in the path
+        raise InputError(f"cannot read plan file {shown(str(path))}: {err}") from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError(f"{path}: more than {MAX_PLAN_BYTES // 2**20} MiB: not a plan (a plan is a few kB of JSON)")
     try:
-        data = json.loads(text)
+        text = raw.decode("utf-8-sig")  # a BOM, as some editors write, is fine
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise PlanError(
+            f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line})", hint="save the plan as UTF-8"
+        ) from None
+    if not text.strip():
+        raise PlanError(f"{path}: the file is empty: a plan is a JSON object (see examples/plan.json)")
+    try:
+        data = parse_json(text)
     except json.JSONDecodeError as err:
         raise PlanError(f"{path}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except ValueError as err:
+        raise PlanError(f"{path}: not a plan: {err}") from None
     try:
         return plan_from_dict(data)
-    except PlanError as err:
+    except AudiostoryError as err:
         raise PlanError(f"{path}: {err}") from None
 
 
 def plan_from_dict(data: Any) -> Plan:
-    """Validate a decoded plan; errors name the field and the allowed range."""
+    """Validate a decoded plan; errors name the field and the allowed range. Any value (any JSON, NaN as a
+    float or as ``NonFinite``, huge ints, deep nesting) gives a valid ``Plan`` or a ``PlanError``."""
     if not isinstance(data, dict):
-        raise PlanError(f"the plan must be a JSON object, got {type(data).__name__}")
+        raise PlanError(f"the plan must be a JSON object, got {_json_kind(data)}")
     version = data.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise PlanError(f"schema_version = {version!r}: this audiostory reads version {SCHEMA_VERSION}")
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise PlanError(f"schema_version = {shown(version)}: this audiostory reads version {SCHEMA_VERSION}")
     _no_unknown(data, "", {"schema_version", "prompt", "total_s", "tone", "reasoning", "events", "render", "request"})
-    prompt = _field(data, "prompt", str, "", default="")
-    total_s = _field(data, "total_s", float, "")
+    prompt = _text(data, "prompt", "", default="")
+    total_s = _number(data, "total_s", "", f"> 0 and <= {MAX_TOTAL_S:g}")
     if not 0 < total_s <= MAX_TOTAL_S:
         raise PlanError(f"total_s = {total_s:g}: must be > 0 and <= {MAX_TOTAL_S:g}")
     raw_events = _field(data, "events", list, "")
@@ -241,34 +308,37 @@ def plan_from_dict(data: Any) -> Plan:
     events = tuple(_event_from_dict(raw, i, total_s) for i, raw in enumerate(raw_events))
     _check_no_overlap(events)
     render = data.get("render")
+    request = _field(data, "request", dict, "", default=None)
+    if request is not None:
+        _check_plain_json(request, "request")
     return Plan(
         prompt=prompt,
         total_s=total_s,
         events=events,
-        reasoning=_field(data, "reasoning", str, "", default=""),
-        tone=_field(data, "tone", str, "", default=""),
+        reasoning=_text(data, "reasoning", "", default=""),
+        tone=_text(data, "tone", "", default=""),
         render=None if render is None else options_from_dict(render),
-        request=_field(data, "request", dict, "", default=None),
+        request=request,
     )
 
 
 def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
     where = f"events[{i}]."
     if not isinstance(raw, dict):
-        raise PlanError(f"events[{i}] must be an object, got {type(raw).__name__}")
+        raise PlanError(f"events[{i}] must be an object, got {_json_kind(raw)}")
     _no_unknown(raw, where, {"index", "caption", "start_s", "duration_s", "tone", "layer"})
     index = _field(raw, "index", int, where, default=i)
     if index != i:
-        raise PlanError(f"{where}index = {index}: must be {i} (events are listed in index order)")
-    caption = _field(raw, "caption", str, where).strip()
+        raise PlanError(f"{where}index = {shown(index)}: must be {i} (events are listed in index order)")
+    caption = _text(raw, "caption", where).strip()
     if not 1 <= len(caption) <= MAX_CAPTION_CHARS:
         raise PlanError(f"{where}caption has {len(caption)} characters: must have 1 to {MAX_CAPTION_CHARS}")
-    start_s = _field(raw, "start_s", float, where)
+    start_s = _number(raw, "start_s", where, f">= 0 and < total_s ({total_s:g})")
     if not 0 <= start_s < total_s:
         raise PlanError(f"{where}start_s = {start_s:g}: must be >= 0 and < total_s ({total_s:g})")
-    duration_s = _field(raw, "duration_s", float, where)
-    if not duration_s > 0:
-        raise PlanError(f"{where}duration_s = {duration_s:g}: must be > 0")
+    duration_s = _number(raw, "duration_s", where, f">= {MIN_EVENT_S:g}, ending by total_s ({total_s:g})")
+    if not duration_s >= MIN_EVENT_S:
+        raise PlanError(f"{where}duration_s = {duration_s:g}: must be > 0 (at least {MIN_EVENT_S:g} s)")
     if start_s + duration_s > total_s + _EPS_S:
         raise PlanError(
             f"{where}duration_s = {duration_s:g}: the event ends at {start_s + duration_s:g} s, "
@@ -276,9 +346,17 @@ def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
         )
     layer = _field(raw, "layer", int, where, default=0)
     if not 0 <= layer <= MAX_LAYER:
-        raise PlanError(f"{where}layer = {layer}: must be between 0 and {MAX_LAYER}")
-    tone = _field(raw, "tone", str, where, default="")
+        raise PlanError(f"{where}layer = {shown(layer)}: must be between 0 and {MAX_LAYER}")
+    tone = _text(raw, "tone", where, default="")
     return Event(index=i, caption=caption, start_s=start_s, duration_s=duration_s, tone=tone, layer=layer)
+
+
+def _check_events(events: tuple[Event, ...], total_s: float) -> None:
+    """The timeline checks of ``plan_from_dict`` on events already built (``round_times`` re-checks)."""
+    for e in events:
+        if not (0 <= e.start_s < total_s and e.duration_s >= MIN_EVENT_S and e.end_s <= total_s + _EPS_S):
+            raise PlanError(f"events[{e.index}] does not fit in total_s ({total_s:g})")
+    _check_no_overlap(events)
 
 
 def _check_no_overlap(events: tuple[Event, ...]) -> None:
@@ -304,26 +382,160 @@ def _field(data: dict, name: str, kind: type, where: str, default: Any = _MISSIN
         return default
     if kind is float:
         if not is_finite_number(value):
-            raise PlanError(f"{where}{name} = {json.dumps(value)}: must be a number")
+            raise PlanError(f"{where}{name} = {shown(value)}: must be a number")
         return float(value)
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise PlanError(f"{where}{name} = {json.dumps(value)}: must be an integer")
+            raise PlanError(f"{where}{name} = {shown(value)}: must be an integer")
         return value
     if not isinstance(value, kind):
-        raise PlanError(f"{where}{name} = {json.dumps(value)[:60]}: must be a {_KIND_NAMES[kind]}")
+        raise PlanError(f"{where}{name} = {shown(value)}: must be a {_KIND_NAMES[kind]}")
+    return value
+
+
+def _number(data: dict, name: str, where: str, allowed: str) -> float:
+    """A required finite number; the message of a value that is none (a string, true, NaN, 10**400) says
+    ``allowed`` too."""
+    value = data.get(name, _MISSING)
+    if value is not _MISSING and value is not None and not is_finite_number(value):
+        raise PlanError(f"{where}{name} = {shown(value)}: must be a number {allowed}")
+    return _field(data, name, float, where)
+
+
+def _text(data: dict, name: str, where: str, default: Any = _MISSING) -> str:
+    """A string field that will be shown, tokenized and written: valid UTF-8, no NUL."""
+    value = _field(data, name, str, where, default=default)
+    try:
+        check_text(value, f"{where}{name}")
+    except InputError as err:
+        raise PlanError(str(err)) from None
     return value
 
 
 _KIND_NAMES = {str: "string", list: "list", dict: "object"}
 
 
+def _json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float, NonFinite)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def _no_unknown(data: dict, where: str, known: set[str]) -> None:
-    unknown = sorted(set(data) - known)
+    unknown = sorted((key for key in data if key not in known), key=_key_name)
     if unknown:
-        raise PlanError(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(sorted(known))})")
+        raise PlanError(f"{where}{_key_name(unknown[0])}: unknown field (allowed: {', '.join(sorted(known))})")
+
+
+def _key_name(key: Any) -> str:
+    """A key as a message names it: a string as it is (cut, printable), anything else as ``shown``."""
+    if not isinstance(key, str):
+        return shown(key)
+    text = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_plain_json(value: Any, where: str) -> None:
+    """``value`` (a plan's free-form ``request``) is JSON that writes and reads back equal: string keys and
+    text, finite numbers, integers below MAX_REQUEST_INT, at most MAX_JSON_DEPTH deep and MAX_REQUEST_ITEMS
+    values. Walked without recursion, so any nesting gives a message."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    count = 0
+    while stack:
+        item, path, depth = stack.pop()
+        count += 1
+        if count > MAX_REQUEST_ITEMS:
+            raise PlanError(f"{where} holds more than {MAX_REQUEST_ITEMS} values: a request is a few settings")
+        if depth > MAX_JSON_DEPTH:
+            raise PlanError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise PlanError(f"{path}: the key {shown(key)} is not a string")
+                _check_json_text(key, f"{path}: a key")
+                stack.append((child, f"{path}.{_key_name(key)}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_json_text(item, path)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if abs(item) >= MAX_REQUEST_INT:
+                raise PlanError(f"{path} = {shown(item)}: must be an integer below 2**64 in size")
+        elif not is_finite_number(item):
+            raise PlanError(f"{path} = {shown(item)}: must be a finite number")
+
+
+def _check_json_text(text: str, where: str) -> None:
+    try:
+        check_text(text, where)
+    except InputError as err:
+        raise PlanError(str(err)) from None
 
 
 def is_finite_number(value: Any) -> bool:
-    """A real int or float, finite; not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A real int or float, finite (an int too large for a float is not); not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range (10**400)
+        return False
+
+
+class NonFinite:
+    """What ``parse_json`` reads ``NaN``, ``Infinity`` and ``-Infinity`` as: not a number, so every check that
+    wants one says so and names the field (``total_s = NaN: must be ...``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    __str__ = __repr__
+
+
+class JSONTooDeepError(ValueError):
+    """``parse_json``: the text nests arrays/objects deeper than Python can read."""
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` for text a user wrote: ``NaN``/``Infinity`` become ``NonFinite``; a number of more digits
+    than Python converts, or nesting too deep to read, raise ``ValueError`` (``JSONDecodeError`` is one) with a
+    message fit for a user."""
+    try:
+        return json.loads(text, parse_constant=NonFinite)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise JSONTooDeepError("arrays or objects nested too deeply") from None
+    except ValueError as err:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        if "digits" in str(err):
+            raise ValueError(f"a number has more than {sys.get_int_max_str_digits()} digits") from None
+        raise ValueError(str(err)) from None
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as a message shows it: JSON-like, cut to ``limit`` characters; never raises (huge ints,
+    deep nesting, lone surrogates included)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            text = str(value)
+        except ValueError:  # more digits than Python converts
+            return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+        return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+    if isinstance(value, NonFinite):
+        return value.name
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate, printable
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import audio_io
 from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
-from ..errors import AudiostoryError
+from ..errors import AudiostoryError, InputError
 from ..pipeline import StoryResult, plan_path_for, plan_story, render_plan
-from ..run_setup import Notify, resolve_hardware, story_request
+from ..run_setup import Notify, check_output_folder, resolve_hardware, story_request
 from ..settings import RenderOptions
 from ..story import Plan, Progress, ProgressFn, no_progress, plan_to_json
 from . import resume
@@ -114,7 +114,7 @@ def make_tasks(items: Sequence[BatchItem], settings: BatchSettings) -> list[Stor
         problem, output, request = item.problem, None, {}
         if problem is None:
             try:
-                output = safe_output_name(item, index, settings.extension)
+                output = safe_output_name(item, index, settings.extension, settings.outdir)
                 audio_io.check_extension(Path(output).suffix)
                 request = resume.request_record(
                     prompt=item.prompt, duration_s=total_s, seed=seed, tone=item.tone,
@@ -122,7 +122,7 @@ def make_tasks(items: Sequence[BatchItem], settings: BatchSettings) -> list[Stor
                     **({"planner_model": settings.planner_model} if settings.planner_model else {}),
                 )  # fmt: skip
             except AudiostoryError as err:
-                problem = str(err) if str(err).startswith("line ") else f"line {item.line}: {err}"
+                problem = str(err)
         tasks.append(StoryTask(item.line, item.prompt, output, total_s, seed, item.tone, request, problem))
     resume.check_unique_outputs([(t.line, t.output) for t in tasks if t.output is not None])
     return tasks
@@ -165,13 +165,18 @@ def render_task(
     return StoryResult(rendered, output, plan_path, track.duration_s, track.sample_rate)
 
 
+STORY_ERRORS = (AudiostoryError, OSError)  # what fails one story and not the batch: a user error, or the file
+#   system refusing its files (ENOSPC, EACCES, ENAMETOOLONG, EIO) where audio_io did not already say so
+
+
 def run_story(models: BatchModels, task: StoryTask, settings: BatchSettings, progress: ProgressFn, run: str) -> Record:
-    """Plan and render one story; a user-fixable failure becomes a failed record, a bug propagates."""
+    """Plan and render one story; a user-fixable failure or a refused write becomes a failed record (the batch
+    goes on), a bug propagates."""
     started = time.perf_counter()
     try:
         plan = plan_task(models, task, settings, progress)
         render_task(models, task, plan, settings, progress)
-    except AudiostoryError as err:
+    except STORY_ERRORS as err:
         return _failed(task, err, time.perf_counter() - started, run)
     return _record(task, "ok", time.perf_counter() - started, run)
 
@@ -180,12 +185,32 @@ def _record(task: StoryTask, status: str, seconds: float, run: str, error: str |
     return Record(task.line, task.prompt, task.output, status, round(seconds, 3), error, run, now_utc())
 
 
-def _failed(task: StoryTask, err: AudiostoryError | str, seconds: float, run: str) -> Record:
-    message = str(err)
-    return _record(task, "failed", seconds, run, message if message.startswith("line ") else f"line {task.line}: {message}")
+def _failed(task: StoryTask, err: BaseException | str, seconds: float, run: str) -> Record:
+    """A failed record; its ``error`` is one line without "line N: " (the record has ``line``; the CLI adds it)."""
+    return _record(task, "failed", seconds, run, error_line(err))
+
+
+def error_line(err: BaseException | str) -> str:
+    """The one line a failed record keeps: the message, or for a bare ``OSError`` what the system said."""
+    if isinstance(err, OSError) and not isinstance(err, AudiostoryError):
+        where = f" {err.filename}" if err.filename is not None else ""
+        message = f"could not write{where}: {err.strerror or err}"
+    else:
+        message = str(err)
+    return " ".join(message.split()) or type(err).__name__
 
 
 # --- one run over a folder -----------------------------------------------------------------------------
+
+
+def make_outdir(outdir: Path) -> None:
+    """``run_setup.check_output_folder``, then create ``outdir``; every refusal is one user error."""
+    check_output_folder(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the output folder {outdir}: {err.strerror or err}") from None
+
 
 
 class BatchRun:
@@ -207,7 +232,7 @@ class BatchRun:
 
     def __enter__(self) -> BatchRun:
         outdir = self.settings.outdir
-        outdir.mkdir(parents=True, exist_ok=True)
+        make_outdir(outdir)
         with self._stack as stack:
             stack.enter_context(resume.folder_lock(outdir))
             self._manifest = stack.enter_context(ManifestWriter(manifest_path(outdir)))
@@ -265,7 +290,7 @@ def run_local(
         if error is None:
             try:
                 render_task(models, task, plan, settings, progress_for(task.line))
-            except AudiostoryError as err:
+            except STORY_ERRORS as err:
                 error = err
         seconds = planned_s + time.perf_counter() - started
         batch.record(_record(task, "ok", seconds, run) if error is None else _failed(task, error, seconds, run))
@@ -277,7 +302,7 @@ _DONE = object()  # end of the planner thread's queue
 
 def _planned_ahead(
     models: BatchModels, todo: Sequence[StoryTask], settings: BatchSettings, progress_for
-) -> Iterator[tuple[StoryTask, Plan | None, float, AudiostoryError | None]]:
+) -> Iterator[tuple[StoryTask, Plan | None, float, BaseException | None]]:
     """(task, plan, seconds planning, error) in file order, planned by a thread that stays at most one plan
     ahead of the caller (a queue of depth 1: two plans in memory, never a growing backlog)."""
     plans: queue.Queue = queue.Queue(maxsize=1)
@@ -298,7 +323,7 @@ def _planned_ahead(
                 started = time.perf_counter()
                 try:
                     item = (task, plan_task(models, task, settings, progress_for(task.line)), None)
-                except AudiostoryError as err:
+                except STORY_ERRORS as err:
                     item = (task, None, err)
                 if not put((*item[:2], time.perf_counter() - started, item[2])):
                     return
