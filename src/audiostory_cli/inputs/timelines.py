@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..story import parse_json, shown
 
 EXTENSIONS = (".srt", ".vtt", ".json", ".csv")  # the timeline formats, by file extension
 VIDEO_EXTRA = 'pip install "audiostory-cli[video]"'  # srt, webvtt-py and pillow
@@ -80,10 +81,12 @@ def is_timeline_file(path: str | Path) -> bool:
     if suffix != ".json":
         return suffix in EXTENSIONS
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = parse_json(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError):  # not JSON at all: the plan reader says what is wrong
         return False
-    return isinstance(data, list) or (isinstance(data, dict) and "events" not in data)
+    if isinstance(data, dict):  # a plan has events; a shot list holds its shots under one of these keys
+        return "events" not in data and bool({"shots", "cues"} & data.keys())
+    return isinstance(data, list)
 
 
 def read_timeline(path: str | Path) -> Timeline:
@@ -179,9 +182,11 @@ def _extra(module: str, source: str):
 
 def _read_json(text: str, source: str) -> list[tuple[float, float, str, int, int]]:
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{_where(source, err.lineno)}: not valid JSON: {err.msg} (column {err.colno})") from None
+    except ValueError as err:  # a number of too many digits, nesting too deep
+        raise InputError(f"{source}: not a shot list Python can read: {err}") from None
     shots = data
     if isinstance(data, dict):
         keys = [key for key in ("shots", "cues") if key in data]
@@ -245,7 +250,7 @@ def _shot_fields(shot: dict[str, Any], where: str) -> tuple[float, float, str]:
         values[field] = shot[given[0]]
     description = values["description"]
     if not isinstance(description, str):
-        raise InputError(f"{where}: description must be text, got {json.dumps(description)[:40]}")
+        raise InputError(f"{where}: description must be text, got {shown(description, 40)}")
     return _seconds(values["start"], "start", where), _seconds(values["end"], "end", where), description
 
 
@@ -254,18 +259,21 @@ def _seconds(value: Any, name: str, where: str) -> float:
     if isinstance(value, bool):
         value = None
     if isinstance(value, (int, float)):
-        seconds: float | None = float(value)
+        try:
+            seconds: float | None = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            seconds = None
     elif isinstance(value, str):
         seconds = _clock_s(value.strip())
         if seconds is None:
             try:
                 seconds = float(value.strip())
-            except ValueError:
+            except (ValueError, OverflowError):
                 seconds = None
     else:
         seconds = None
     if seconds is None or not math.isfinite(seconds):
-        raise InputError(f"{where}: {name} = {json.dumps(value)[:40]}: must be seconds (2.5) or a clock time "
+        raise InputError(f"{where}: {name} = {shown(value, 40)}: must be seconds (2.5) or a clock time "
                          "(00:00:02.500)")
     return seconds
 
