@@ -52,7 +52,7 @@ def _same_samples(a_folder, b_folder) -> None:
 
 
 def test_ray_local_writes_the_same_files_and_samples_as_a_local_run(models, tmp_path):
-    pytest.importorskip("ray.data")
+    pytest.importorskip("ray.data", reason='the ray extra is not installed: pip install -e ".[ray]"')
     prompts = tmp_path / "prompts.jsonl"
     lines = [{"prompt": PROMPTS[0]}, {"prompt": PROMPTS[1], "seed": 9, "output": "campfire.flac"}, {"prompt": ""},
              {"prompt": PROMPTS[2], "duration": 2.5}]  # fmt: skip
@@ -89,7 +89,7 @@ ray.shutdown()
 @pytest.mark.slow
 def test_a_running_cluster_by_address_and_a_resumed_ray_run(models, tmp_path):
     """A cluster already running (2 CPUs), `--ray ADDRESS`, and a Ray run that finishes a local one."""
-    pytest.importorskip("ray.data")
+    pytest.importorskip("ray.data", reason='the ray extra is not installed: pip install -e ".[ray]"')
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     assert _batch(prompts, tmp_path / "local", models).returncode == 0
