@@ -67,8 +67,9 @@ def build_tiny_planner(path: str | Path, *, seed: int = 0, config: TinyPlannerCo
     return path
 
 
-def train_bpe(vocab_size: int):
-    """A byte-level BPE tokenizer trained on ``CORPUS``, with the ChatML special tokens."""
+def train_bpe(vocab_size: int, extra_specials: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained on ``CORPUS``, with the ChatML special tokens (then ``extra_specials``,
+    e.g. a vision model's)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -77,7 +78,7 @@ def train_bpe(vocab_size: int):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=1,
-        special_tokens=list(CHATML_SPECIALS),
+        special_tokens=[*CHATML_SPECIALS, *extra_specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .common import CORPUS, fill_random, round_up
-from .planner import CHATML_SPECIALS
+from .common import fill_random, round_up
+from .planner import CHATML_SPECIALS, train_bpe
 
 VISION_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")  # Qwen2-VL's markers
 VLM_TEMPLATE = (
@@ -51,7 +51,7 @@ def build_tiny_vlm(path: str | Path, *, seed: int = 0, config: TinyVlmConfig = T
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_bpe(config.vocab_size),
+        tokenizer_object=train_bpe(config.vocab_size, VISION_SPECIALS),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=VLM_TEMPLATE,
@@ -98,21 +98,3 @@ def build_tiny_vlm(path: str | Path, *, seed: int = 0, config: TinyVlmConfig = T
     Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=config.max_pixels).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-def _train_bpe(vocab_size: int):
-    """A byte-level BPE tokenizer trained on ``CORPUS``, with the ChatML and vision special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=[*CHATML_SPECIALS, *VISION_SPECIALS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    return tokenizer
