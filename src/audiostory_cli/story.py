@@ -252,20 +252,27 @@ def plan_to_json(plan: Plan) -> str:
     return json.dumps(plan_to_dict(plan), indent=2, ensure_ascii=False) + "\n"
 
 
+def read_user_file(path: Path, what: str, max_bytes: int, instead: str) -> bytes:
+    """The first ``max_bytes + 1`` bytes of a file the user named (a pipe reads as well as a file, ``/dev/zero``
+    is not read whole); missing, a folder (``instead`` says what to give), unreadable or a NUL byte in the path:
+    one ``InputError`` that calls it ``what``."""
+    try:
+        with path.open("rb") as file:
+            return file.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a folder: {instead}") from None
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except ValueError as err:  # a NUL byte in the path
+        raise InputError(f"cannot read {what} {shown(str(path))}: {err}") from None
+
+
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; every problem is a ``PlanError`` or ``InputError`` naming the file."""
     path = Path(path)
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_PLAN_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(f"plan file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"plan file {path} is a folder: give a plan .json file") from None
-    except OSError as err:
-        raise InputError(f"cannot read plan file {path}: {err.strerror or err}") from None
-    except ValueError as err:  # a NUL byte in the path
-        raise InputError(f"cannot read plan file {shown(str(path))}: {err}") from None
+    raw = read_user_file(path, "plan file", MAX_PLAN_BYTES, "give a plan .json file")
     if len(raw) > MAX_PLAN_BYTES:
         raise PlanError(f"{path}: more than {MAX_PLAN_BYTES // 2**20} MiB: not a plan (a plan is a few kB of JSON)")
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..settings import MAX_SEED
 from ..story import MAX_CAPTION_CHARS, MAX_TOTAL_S, _json_kind, check_prompt, check_seed, check_text, check_total_s
-from ..story import parse_json, shown
+from ..story import parse_json, read_user_file, shown
 
 MAX_SLUG_CHARS = 48  # file names derived from prompts keep whole words up to this length
 MAX_PROMPTS_FILE_BYTES = 256 * 2**20  # a million stories of 200 characters; /dev/zero is refused, not read whole
@@ -51,17 +51,7 @@ def read_prompts_file(path: Path) -> list[BatchItem]:
     cannot be used becomes an item with ``problem`` set, so the batch reports it and goes on. Raises
     ``InputError`` only for the file as a whole: missing, a folder, unreadable, or without any prompt."""
     path = Path(path)
-    try:
-        with path.open("rb") as file:  # a pipe (``<(grep storm prompts.txt)``) reads as well as a file
-            raw = file.read(MAX_PROMPTS_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(f"prompts file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"prompts file {path} is a folder: give a text or .jsonl file") from None
-    except OSError as err:
-        raise InputError(f"cannot read prompts file {path}: {err.strerror or err}") from None
-    except ValueError as err:  # a NUL byte in the path
-        raise InputError(f"cannot read prompts file {shown(str(path))}: {err}") from None
+    raw = read_user_file(path, "prompts file", MAX_PROMPTS_FILE_BYTES, "give a text or .jsonl file")
     if len(raw) > MAX_PROMPTS_FILE_BYTES:
         raise InputError(
             f"prompts file {path} has more than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB", hint="split it into several batches"
