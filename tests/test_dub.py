@@ -43,6 +43,12 @@ A test card flickers on a television
 CUES = [(0.0, 2.0), (2.0, 3.6), (4.0, 6.8)]
 
 
+def _flat(pairs):
+    """(start, end) pairs as one list of times: pytest.approx compares flat sequences only (pytest 9.2)."""
+    return [time for pair in pairs for time in pair]
+
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return make_video(tmp_path_factory.mktemp("video") / "clip.mp4")
@@ -86,7 +92,7 @@ def test_dub_copies_the_video_stream_and_puts_every_event_at_its_cue(dubbed, cli
     assert durations["audio"] == pytest.approx(durations["video"], abs=FRAME_S)
     plan = load_plan(dubbed.with_name("out.plan.json"))
     assert plan.total_s == probe(clip).duration_s
-    assert [(e.start_s, e.end_s) for e in plan.foreground()] == pytest.approx(CUES, abs=1e-9)
+    assert _flat((e.start_s, e.end_s) for e in plan.foreground()) == pytest.approx(_flat(CUES), abs=1e-9)
     assert all(e.start_s >= 0 and e.end_s <= plan.total_s + 1e-9 for e in plan.events)
     assert not [e for e in plan.events if e.layer == 1 and 3.6 < e.start_s + 1e-9 < 4.0]  # --gaps silence
     assert plan.render.decoder.endswith("stable-audio-3") and plan.render.planner.endswith("planner")
@@ -127,8 +133,8 @@ def test_describer_dry_run_prints_one_row_per_detected_shot(two_shots, tiny_vlm,
     rows = [line for line in result.stderr.splitlines() if line.startswith("│ ") and "00:00:0" in line]
     assert [row.split("│")[1].strip() for row in rows] == ["1", "2"]
     plan = json.loads(result.stdout)
-    assert [(e["start_s"], e["start_s"] + e["duration_s"]) for e in plan["events"] if e["layer"] == 0] == \
-        pytest.approx([(s.start_s, s.end_s) for s in shots], abs=1e-9)  # fmt: skip
+    assert _flat((e["start_s"], e["start_s"] + e["duration_s"]) for e in plan["events"] if e["layer"] == 0) == \
+        pytest.approx(_flat((s.start_s, s.end_s) for s in shots), abs=1e-9)  # fmt: skip
     assert list(tmp_path.iterdir()) == []
 
 
@@ -162,7 +168,7 @@ def test_slots_mode_keeps_the_cue_times_on_every_engine(planners, engine, monkey
     monkeypatch.setenv("AUDIOSTORY_PLANNER_API_KEY", KEY)
     cues = parse_timeline(CAPTIONS, "srt").cues
     plan = plan_slots(planners(engine), SlotRequest(slots=cues, total_s=6.8, prompt="a cartoon", gaps="bed"))
-    assert [(e.start_s, e.end_s) for e in plan.foreground()] == pytest.approx(CUES, abs=1e-9)
+    assert _flat((e.start_s, e.end_s) for e in plan.foreground()) == pytest.approx(_flat(CUES), abs=1e-9)
     bed = [e for e in plan.events if e.layer == 1]
     assert bed and bed[0].start_s == 0.0 and bed[-1].end_s == pytest.approx(6.8)  # --gaps bed: under everything
 
@@ -172,8 +178,8 @@ def test_generate_with_a_timeline_and_render_of_a_timeline(captions, tiny_planne
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["total_s"] == 6.8  # the end of the last cue
-    assert [(e["start_s"], e["start_s"] + e["duration_s"]) for e in plan["events"] if e["layer"] == 0] == \
-        pytest.approx(CUES, abs=1e-9)  # fmt: skip
+    assert _flat((e["start_s"], e["start_s"] + e["duration_s"]) for e in plan["events"] if e["layer"] == 0) == \
+        pytest.approx(_flat(CUES), abs=1e-9)  # fmt: skip
     past = run("generate", "a cartoon", "--timeline", captions, "--duration", "5", "--planner", tiny_planner,
                "--dry-run")  # fmt: skip
     assert past.exit_code == 1 and "line 10: cue 3 ends at 00:00:06.800, after the end of the story" in past.output
