@@ -301,12 +301,19 @@ def _timing_lines(text: str) -> list[int]:
 
 
 def _block_line(text: str, message: str) -> int:
-    """The line where the cue block quoted in webvtt-py's error message starts (1 when not found)."""
+    """The line where the cue block quoted in webvtt-py's error message starts, or the timing line holding the
+    timestamp it quotes ("Invalid timestamp '99:99.000'"); 1 when not found."""
     quoted = re.search(r"\[['\"](.*?)['\"][,\]]", message)
     if quoted:
         first = quoted.group(1)
         for n, line in enumerate(text.split("\n"), start=1):
             if line.strip() == first.strip():
+                return n
+    stamp = re.search(r"timestamp ['\"](.+?)['\"]", message)
+    if stamp:
+        lines = text.split("\n")
+        for n in _timing_lines(text):
+            if stamp.group(1) in lines[n - 1]:
                 return n
     return 1
 
@@ -382,8 +389,12 @@ def _checked(raw_cues: list[tuple[float, float, str, int, int]], source: str) ->
 
 
 def clock(seconds: float) -> str:
-    """``HH:MM:SS.mmm``, as the error messages and the shot table write times."""
-    millis = int(round(seconds * 1000))
+    """``HH:MM:SS.mmm``, as the error messages and the shot table write times (a time no clock holds, such as
+    ``1e308`` from a hostile file, as plain seconds)."""
+    if not math.isfinite(seconds) or abs(seconds) > 1e12:
+        return f"{seconds:g} s"
+    millis = int(round(abs(seconds) * 1000))
     hours, rest = divmod(millis, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+    sign = "-" if seconds < 0 and millis else ""
+    return f"{sign}{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
