@@ -85,12 +85,15 @@ def _load_models(setup, **needs):
     return load_models(setup.options, device=setup.device, dtype=setup.dtype, status=stderr.status, **needs)
 
 
-def _check_plot(plot: bool) -> None:
-    """``--plot`` without matplotlib is one line, before any model loads."""
+def _check_plot(plot: bool, output: Optional[Path]) -> None:
+    """``--plot`` without matplotlib, or whose picture beside ``output`` cannot be written (a folder of that
+    name), is one line, before any model loads."""
     if plot:
-        from ..plot import import_matplotlib
+        from ..plot import check_plot_path, import_matplotlib, plot_path_for
 
         import_matplotlib()
+        if output is not None and "\x00" not in str(output):  # a NUL in -o: the output's own check says
+            check_plot_path(plot_path_for(output))
 
 
 def _plot_beside(plan, output: Path, *, over_audio: bool) -> None:
@@ -157,7 +160,7 @@ def generate(
                  continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
                  planner=planner, decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
     with errors():
-        _check_plot(plot)
+        _check_plot(plot, output)
         duration_given = timeline is not None and _given(ctx, "duration")
         if timeline is not None:
             timeline = _read_timeline_for(timeline, duration if duration_given else None)  # before any model loads
@@ -226,7 +229,7 @@ def render(
                  continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
                  decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
     with errors():
-        _check_plot(plot)
+        _check_plot(plot, output)
         plan = _plan_or_timeline(plan_file)
         setup = setup_run(given, saved=plan.render, output=output, device=device, dtype=dtype, notify=_notify)
         models = _load_models(setup, need_planner=False, bridge_planner=planner)
