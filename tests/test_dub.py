@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -235,3 +236,49 @@ def test_dub_usage_errors_exit_2(clip, captions, tmp_path):
     nowhere = run("dub", clip, "--captions", captions, "-o", tmp_path / "missing" / "o.mp4")
     assert nowhere.exit_code == 2 and "does not exist" in nowhere.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seconds", [FRAME_S, 3 * FRAME_S])
+def test_a_video_of_one_frame_or_a_few_gives_every_shot_its_frames(seconds, tmp_path):
+    """An exact seek past a video's last frame decodes nothing: a 1-frame or 0.12 s video must still give the
+    describer its frames (they were refused as 'no frame decoded')."""
+    from PIL import Image
+
+    from audiostory_cli.inputs.dub import FRAMES_PER_SHOT
+    from audiostory_cli.inputs.video import frame_times, frames
+
+    info = probe(make_video(tmp_path / "short.mp4", (("color=c=red", seconds),), audio=False))
+    shots = detect_shots(info, min_shot_s=1.0)
+    assert [(s.start_s, s.end_s) for s in shots] == [(0.0, info.duration_s)]
+    jpegs = frames(info, frame_times(shots[0], FRAMES_PER_SHOT), width=64)
+    assert len(jpegs) == FRAMES_PER_SHOT
+    for jpeg in jpegs:
+        red, green, blue = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=float).mean(axis=(0, 1))
+        assert red > 200 and green < 60 and blue < 60
+
+
+def test_an_output_that_cannot_be_written_is_a_usage_error_before_anything_runs(clip, captions, tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    """-o too long for the file system (itself, or its plan's and partial files' names), with a NUL byte, in a
+    folder this user cannot write into, or with its plan's path a folder: exit 2, one line, nothing probed or
+    loaded, no file left (a 250-byte name rendered the whole story, then died in a traceback)."""
+    monkeypatch.setattr("audiostory_cli.inputs.video.probe", lambda *a, **k: pytest.fail("probed the video"))
+    monkeypatch.setattr("audiostory_cli.registry.load_models", lambda *a, **k: pytest.fail("loaded a model"))
+    (tmp_path / "taken.plan.json").mkdir()
+    cases = [
+        (["-o", tmp_path / ("a" * 300 + ".mp4")], "is 304 bytes: too long for this file system"),
+        (["-o", tmp_path / ("a" * 240 + ".mp4")], "is 244 bytes: too long for this file system once the plan"),
+        (["--audio-only", "-o", tmp_path / ("a" * 240 + ".wav")], "is 244 bytes: too long"),
+        (["-o", f"{tmp_path}/a\x00b.mp4"], "null byte"),
+        (["-o", tmp_path / "taken.mp4"], "taken.plan.json is a folder"),
+    ]  # fmt: skip
+    readable = os.access
+    for args, message in [*cases, (["-o", tmp_path / "ok.mp4"], f"cannot write into {tmp_path}: permission denied")]:
+        if "ok.mp4" in str(args[-1]):
+            monkeypatch.setattr("audiostory_cli.audio_io.os.access", lambda path, mode, **k: not mode & os.W_OK and
+                                readable(path, mode, **k))  # fmt: skip
+        result = run("dub", clip, "--captions", captions, *args)
+        assert result.exit_code == 2, (message, result.output)
+        assert message in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.plan.json"]

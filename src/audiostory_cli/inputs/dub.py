@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import audio_io
 from ..errors import InputError
-from ..pipeline import StoryResult, plan_path_for, render_plan
+from ..pipeline import StoryResult, check_story_output, plan_path_for, render_plan
 from ..settings import RenderOptions
 from ..story import Plan, Progress, ProgressFn, no_progress, plan_to_json
 from .timelines import Cue, Timeline, clock
@@ -51,10 +51,11 @@ def check_plan_fits(plan: Plan, info: VideoInfo, source: str) -> None:
 
 
 def check_output(output: Path, *, audio_only: bool) -> Path:
-    """The output path, checked before any work: an audio file with ``audio_only``, else a video container."""
+    """The output path, checked before any work: an audio file with ``audio_only``, else a video container; and
+    the plan beside it (its name fits, it is free or an overwritable file)."""
     from .video import check_video_output
 
-    return audio_io.check_output_path(output) if audio_only else check_video_output(output)
+    return check_story_output(output, audio_io.check_output_path if audio_only else check_video_output)[0]
 
 
 def write_dub(

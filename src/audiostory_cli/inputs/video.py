@@ -13,6 +13,7 @@ Python package (ffmpeg is already needed to mux) and finds hard cuts on the fram
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import audio_io
 from ..errors import AudioIOError, InputError
 from .timelines import Cue, clock
 
@@ -154,7 +156,7 @@ def frames(info: VideoInfo, times: list[float], *, width: int = FRAME_WIDTH) -> 
         return []
     command = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error"]
     for time_s in times:
-        command += ["-ss", f"{info.start_s + time_s:.3f}", "-i", str(info.path)]
+        command += ["-ss", _seek(info, time_s), "-i", str(info.path)]
     with tempfile.TemporaryDirectory(prefix="audiostory-frames-") as folder:
         names = [Path(folder) / f"{k}.jpg" for k in range(len(times))]
         for k, name in enumerate(names):
@@ -168,20 +170,36 @@ def frames(info: VideoInfo, times: list[float], *, width: int = FRAME_WIDTH) -> 
         return [name.read_bytes() for name in names]
 
 
+def _seek(info: VideoInfo, time_s: float) -> str:
+    """``-ss`` for the frame shown at ``time_s``: an exact seek decodes the first frame at or after the time it
+    is given, so the time is floored to the frame grid (the frame on screen then) and to the last frame's (a
+    time in the last frame's span, or a 1-frame video, would otherwise find no frame)."""
+    if info.fps > 0:
+        frame_s = 1.0 / info.fps
+        last_s = max(0.0, info.duration_s - frame_s)
+        time_s = min(math.floor(time_s / frame_s + 1e-6) * frame_s, last_s)
+    return f"{math.floor((info.start_s + max(0.0, time_s)) * 1000) / 1000:.3f}"  # floored: never past the frame
+
+
 # --- the output ------------------------------------------------------------------------------------------
 
 
 def check_video_output(path: str | Path) -> Path:
-    """The resolved output path of a video: an extension that takes AAC audio, an existing folder."""
-    path = Path(path).expanduser().resolve()
-    if path.is_dir():
-        raise InputError(f"output path {path} is a folder: give a file name such as {path / 'dubbed.mp4'}")
-    if path.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise InputError(f"output {path.name}: a dubbed video is written as {', '.join(VIDEO_EXTENSIONS)}",
+    """The resolved output path of a video: an extension that takes AAC audio, and what ``audio_io.check_target``
+    checks of any file written (no NUL byte, a name that fits with its partial name, a writable folder that
+    exists, not a folder)."""
+    text = os.fspath(path)
+    if "\x00" not in text and Path(text).suffix.lower() not in VIDEO_EXTENSIONS and not _is_folder(text):
+        raise InputError(f"output {Path(text).name[:80]}: a dubbed video is written as {', '.join(VIDEO_EXTENSIONS)}",
                          hint="or write the audio alone with --audio-only and an audio extension")  # fmt: skip
-    if not path.parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist", hint=f"create it with `mkdir -p {path.parent}`")
-    return path
+    return audio_io.check_target(path)  # a folder is said there
+
+
+def _is_folder(text: str) -> bool:
+    try:
+        return Path(text).expanduser().is_dir()
+    except OSError:  # a name too long for the file system: check_target says
+        return False
 
 
 def mux(
