@@ -156,6 +156,12 @@ def generate(
     if plot and output is None:
         raise typer.BadParameter("with --dry-run, --plot needs -o: the picture goes beside it as <name>.png",
                                  param_hint="'--plot'")  # fmt: skip
+    if timeline is not None and model is not None:  # seen before any model loads
+        raise typer.BadParameter("the AudioStory checkpoint plans only prompts: a timeline's slots need a JSON "
+                                 "planner (--planner, with --decoder)", param_hint="'--model'")  # fmt: skip
+    if timeline is not None and max_events is not None:
+        raise typer.BadParameter("with --timeline each cue is one event (and a background may run under them): "
+                                 "there is no number of events to choose", param_hint="'--max-events'")  # fmt: skip
     given = dict(seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
                  continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
                  planner=planner, decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
