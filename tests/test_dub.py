@@ -282,3 +282,17 @@ def test_an_output_that_cannot_be_written_is_a_usage_error_before_anything_runs(
         assert message in " ".join(result.stderr.split()), result.stderr
         assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.plan.json"]
+
+
+def test_a_describer_server_that_is_not_running_names_the_describer_option():
+    import socket
+
+    from audiostory_cli.errors import ModelLoadError
+
+    with socket.socket() as probe_socket:  # a port nothing listens on
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    with pytest.raises(ModelLoadError) as caught:
+        HttpDescriber.load(f"http://127.0.0.1:{port}/v1")
+    assert f"describer server http://127.0.0.1:{port}/v1: cannot connect" in str(caught.value)
+    assert "check --describer" in str(caught.value) and "--planner" not in str(caught.value)
