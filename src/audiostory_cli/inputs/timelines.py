@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..story import parse_json, shown
+from ..story import MIN_EVENT_S, parse_json, shown
 
 EXTENSIONS = (".srt", ".vtt", ".json", ".csv")  # the timeline formats, by file extension
 VIDEO_EXTRA = 'pip install "audiostory-cli[video]"'  # srt, webvtt-py and pillow
@@ -364,6 +364,8 @@ def _checked(raw_cues: list[tuple[float, float, str, int, int]], source: str) ->
             raise InputError(f"{where} starts at {start_s:g} s: must be between 0 and {MAX_TIMELINE_S:g} s")
         if not end_s > start_s:
             raise InputError(f"{where} ends at {clock(end_s)}, not after it starts ({clock(start_s)})")
+        if end_s - start_s < MIN_EVENT_S - 1e-9:  # float noise: 0.009 - 0.008 is 0.00099999...
+            raise InputError(f"{where} lasts {end_s - start_s:.2g} s: a cue lasts at least {MIN_EVENT_S * 1000:g} ms")
         if end_s > MAX_TIMELINE_S:
             raise InputError(f"{where} ends at {clock(end_s)}: a story lasts at most {MAX_TIMELINE_S:g} s")
         words = " ".join(_MARKUP.sub(" ", text).split())
