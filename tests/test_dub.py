@@ -296,3 +296,25 @@ def test_a_describer_server_that_is_not_running_names_the_describer_option():
         HttpDescriber.load(f"http://127.0.0.1:{port}/v1")
     assert f"describer server http://127.0.0.1:{port}/v1: cannot connect" in str(caught.value)
     assert "check --describer" in str(caught.value) and "--planner" not in str(caught.value)
+
+
+def test_frames_of_a_video_that_starts_late_are_the_shots_own(clip, tmp_path):
+    """An MPEG-TS starts at 1.4 s: ffmpeg's input seek counts from the file's start itself, so adding the start
+    time showed the describer a frame 1.4 s later (another shot), and near the end no frame at all."""
+    import subprocess
+
+    from PIL import Image
+
+    from audiostory_cli.inputs.video import frames
+
+    ts = tmp_path / "clip.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-map", "0:v", "-c:v", "mpeg2video", "-q:v", "3", "-f",
+                    "mpegts", str(ts)], check=True)  # fmt: skip
+    info = probe(ts)
+    assert info.start_s > 1.0
+    colours = [np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=float).mean(axis=(0, 1))
+               for jpeg in frames(info, [1.0, 2.8, info.duration_s - FRAME_S / 2], width=64)]  # fmt: skip
+    red, blue, green = colours
+    assert red[0] > 200 and red[2] < 60  # shot 1 (0-2 s), not shot 2
+    assert blue[2] > 200 and blue[0] < 60  # shot 2 (2-3.6 s)
+    assert green[1] > 100 and green[0] < 60 and green[2] < 60  # the last frame of shot 4

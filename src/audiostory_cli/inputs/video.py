@@ -162,6 +162,11 @@ def frames(info: VideoInfo, times: list[float], *, width: int = FRAME_WIDTH) -> 
         for k, name in enumerate(names):
             command += ["-map", f"{k}:v:0", "-frames:v", "1", "-vf", f"scale={width}:-2", "-q:v", "3", str(name)]
         result = _run(command, _PROBE_TIMEOUT_S * len(times), f"reading frames of {info.path}")
+        for time_s, name in zip(times, names):  # a fast seek can miss (near an MPEG-TS's end): decode up to it
+            if result.returncode == 0 and (not name.exists() or name.stat().st_size == 0):
+                _run(["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(info.path), "-ss",
+                      _seek(info, time_s), "-map", "0:v:0", "-frames:v", "1", "-vf", f"scale={width}:-2", "-q:v", "3",
+                      str(name)], _FFMPEG_TIMEOUT_S, f"reading frames of {info.path}")  # fmt: skip
         missing = [t for t, name in zip(times, names) if not name.exists() or name.stat().st_size == 0]
         if result.returncode != 0 or missing:
             where = clock(missing[0]) if missing else clock(times[0])
@@ -178,7 +183,8 @@ def _seek(info: VideoInfo, time_s: float) -> str:
         frame_s = 1.0 / info.fps
         last_s = max(0.0, info.duration_s - frame_s)
         time_s = min(math.floor(time_s / frame_s + 1e-6) * frame_s, last_s)
-    return f"{math.floor((info.start_s + max(0.0, time_s)) * 1000) / 1000:.3f}"  # floored: never past the frame
+    # an input -ss is from the file's start: ffmpeg adds its start time itself (an MPEG-TS starts at 1.4 s)
+    return f"{math.floor(max(0.0, time_s) * 1000) / 1000:.3f}"  # floored: never past the frame
 
 
 # --- the output ------------------------------------------------------------------------------------------
