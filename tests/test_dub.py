@@ -299,8 +299,9 @@ def test_a_describer_server_that_is_not_running_names_the_describer_option():
 
 
 def test_frames_of_a_video_that_starts_late_are_the_shots_own(clip, tmp_path):
-    """An MPEG-TS starts at 1.4 s: ffmpeg's input seek counts from the file's start itself, so adding the start
-    time showed the describer a frame 1.4 s later (another shot), and near the end no frame at all."""
+    """An MPEG-TS starts at 1.4 s: ffmpeg counts its scene times and input seeks from the file's start itself, so the start
+    time taken off again put the cuts 1.4 s early, and added again showed the describer a frame 1.4 s later
+    (another shot), and near the end no frame at all."""
     import subprocess
 
     from PIL import Image
@@ -312,6 +313,8 @@ def test_frames_of_a_video_that_starts_late_are_the_shots_own(clip, tmp_path):
                     "mpegts", str(ts)], check=True)  # fmt: skip
     info = probe(ts)
     assert info.start_s > 1.0
+    cuts = [shot.start_s for shot in detect_shots(info)[1:]]
+    assert cuts == pytest.approx([2.0, 3.6, 5.6], abs=2 * FRAME_S)  # were found 1.44 s early
     colours = [np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=float).mean(axis=(0, 1))
                for jpeg in frames(info, [1.0, 2.8, info.duration_s - FRAME_S / 2], width=64)]  # fmt: skip
     red, blue, green = colours

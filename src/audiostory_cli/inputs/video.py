@@ -120,7 +120,7 @@ def scene_cuts(info: VideoInfo, threshold: float = SCENE_THRESHOLD) -> list[floa
         if "pts_time:" in line:
             value = _number(line.split("pts_time:")[1].split()[0])
             if value is not None:
-                cuts.append(round(value - info.start_s, 6))
+                cuts.append(round(value, 6))  # from the file's start: ffmpeg shifts the first frame to 0 itself
     return sorted(cut for cut in cuts if 0 < cut < info.duration_s)
 
 
