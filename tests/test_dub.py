@@ -299,9 +299,9 @@ def test_a_describer_server_that_is_not_running_names_the_describer_option():
 
 
 def test_frames_of_a_video_that_starts_late_are_the_shots_own(clip, tmp_path):
-    """An MPEG-TS starts at 1.4 s: ffmpeg counts its scene times and input seeks from the file's start itself, so the start
-    time taken off again put the cuts 1.4 s early, and added again showed the describer a frame 1.4 s later
-    (another shot), and near the end no frame at all."""
+    """An MPEG-TS starts at 1.4 s: ffmpeg counts its scene times and input seeks from the file's start itself, so
+    the start time taken off again put the cuts 1.4 s early, and added again showed the describer a frame 1.4 s
+    later (another shot), and near the end no frame at all."""
     import subprocess
 
     from PIL import Image
