@@ -321,3 +321,19 @@ def test_frames_of_a_video_that_starts_late_are_the_shots_own(clip, tmp_path):
     assert red[0] > 200 and red[2] < 60  # shot 1 (0-2 s), not shot 2
     assert blue[2] > 200 and blue[0] < 60  # shot 2 (2-3.6 s)
     assert green[1] > 100 and green[0] < 60 and green[2] < 60  # the last frame of shot 4
+
+
+def test_a_video_stream_the_container_cannot_take_is_refused_before_any_model_loads(captions, tmp_path, monkeypatch):
+    """A GIF's video stream goes into no .mp4: refused with ffmpeg's reason before planning and rendering (it
+    failed at the mux, after the whole render, with a cut line: 'Error initializing output stream 0:1 --')."""
+    import subprocess
+
+    gif = tmp_path / "anim.gif"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:s=64x64:r=10:d=7", str(gif)], check=True)
+    monkeypatch.setattr("audiostory_cli.registry.load_models", lambda *a, **k: pytest.fail("loaded a model"))
+    result = run("dub", gif, "--captions", captions, "-o", tmp_path / "out.mp4")
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.stderr.split())
+    assert "the video stream of anim.gif (gif) cannot be copied into out.mp4: Could not find tag for codec gif" in message
+    assert ".mkv takes most codecs" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anim.gif"]

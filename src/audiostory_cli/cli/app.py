@@ -550,7 +550,7 @@ def dub(
     long as the video and muxed in as its audio track."""
     from ..inputs.dub import check_output, check_plan_fits, describe_shots, write_dub
     from ..inputs.timelines import read_timeline
-    from ..inputs.video import detect_shots, probe, require_ffmpeg
+    from ..inputs.video import check_copyable, detect_shots, probe, require_ffmpeg
     from ..pipeline import longest_event_s, plan_story
     from ..planners.slots import SlotPlanner, SlotRequest
     from ..run_setup import setup_run
@@ -582,6 +582,8 @@ def dub(
         if info.duration_s > MAX_TOTAL_S:
             raise AudiostoryError(f"{info.path.name} lasts {info.duration_s:g} s: dub makes at most {MAX_TOTAL_S:g} s "
                                   "of sound", hint="cut the video into parts of at most 10 minutes")  # fmt: skip
+        if output is not None and not audio_only and not dry_run:
+            check_copyable(info, output)
         if mix_original is not None and (audio_only or info.audio_streams == 0):
             why = "--audio-only writes no video" if audio_only else f"{info.path.name} has no audio stream"
             raise AudiostoryError(f"--mix-original: {why}", hint="drop --mix-original")

@@ -18,7 +18,7 @@ from ..pipeline import StoryResult, check_story_output, plan_path_for, render_pl
 from ..settings import RenderOptions
 from ..story import Plan, Progress, ProgressFn, no_progress, plan_to_json
 from .timelines import Cue, Timeline, clock
-from .video import VideoInfo, frame_times, frames, mux
+from .video import VideoInfo, check_copyable, frame_times, frames, mux
 
 if TYPE_CHECKING:
     from ..conditioning.base import Conditioner
@@ -74,6 +74,8 @@ def write_dub(
     (``audio_only``: the audio alone), and ``<name>.plan.json`` with every setting used beside it."""
     # 1. Where it goes, checked before the render.
     output = check_output(output, audio_only=audio_only)
+    if not audio_only:
+        check_copyable(info, output)
     check_plan_fits(plan, info, "the plan")
     # 2. Render and mix the story.
     made = render_plan(decoder, plan, options, conditioner, progress=progress)

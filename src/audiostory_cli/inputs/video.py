@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -199,6 +200,22 @@ def check_video_output(path: str | Path) -> Path:
         raise InputError(f"output {Path(text).name[:80]}: a dubbed video is written as {', '.join(VIDEO_EXTENSIONS)}",
                          hint="or write the audio alone with --audio-only and an audio extension")  # fmt: skip
     return audio_io.check_target(path)  # a folder is said there
+
+
+def check_copyable(info: VideoInfo, output: Path) -> None:
+    """The video stream can be copied into ``output``'s container (a GIF's or a raw video's codec goes into no
+    .mp4), checked on its first frame before any work: else an ``InputError`` with ffmpeg's reason."""
+    container = VIDEO_EXTENSIONS[Path(output).suffix.lower()]
+    with tempfile.TemporaryDirectory(prefix="audiostory-copy-") as folder:
+        command = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(info.path), "-map", "0:v:0",
+                   "-c:v", "copy", "-frames:v", "1", "-f", container, str(Path(folder) / f"check{Path(output).suffix}")]
+        result = _run(command, _PROBE_TIMEOUT_S, f"checking that {info.path} copies into {Path(output).name}")
+    if result.returncode != 0:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        reason = re.sub(r"^\[[^]]*\]\s*", "", lines[0])[:200] if lines else "ffmpeg failed"
+        raise InputError(f"the video stream of {info.path.name} ({info.codec}) cannot be copied into "
+                         f"{Path(output).name}: {reason}", hint="write another container (.mkv takes most codecs), "
+                         "or --audio-only")  # fmt: skip
 
 
 def _is_folder(text: str) -> bool:
