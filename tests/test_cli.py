@@ -808,3 +808,18 @@ def test_on_a_log_file_tables_are_plain_lines_with_nothing_cut(run, models, tmp_
     plan_at = next(i for i, line in enumerate(lines) if line.startswith("plan: "))
     assert lines[plan_at + 1] == "#\tstart\tduration\tcaption\ttone\tlayer"
     assert all(len(line.split("\t")) == 6 for line in lines[plan_at + 2 : plan_at + 3])
+
+
+def test_timeline_with_model_or_max_events_is_a_usage_error_before_any_model_loads(run, tmp_path, monkeypatch):
+    """--model plans only prompts (it failed after loading the checkpoint); --max-events has nothing to choose when
+    each cue is one event (it was silently ignored)."""
+    monkeypatch.setattr("audiostory_cli.registry.load_models", lambda *a, **k: pytest.fail("loaded a model"))
+    for extra, option, message in (
+        (["--model", tmp_path / "audiostory"], "'--model'", "the AudioStory checkpoint plans only prompts"),
+        (["--max-events", "2"], "'--max-events'", "with --timeline each cue is one event"),
+    ):
+        result = CliRunner().invoke(app, ["generate", "a cartoon", "--timeline", "examples/clip.srt", "-o",
+                                          str(tmp_path / "s.wav"), *map(str, extra)])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert option in result.stderr and message in " ".join(result.stderr.split())
+    assert list(tmp_path.iterdir()) == []

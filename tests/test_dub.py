@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -241,3 +242,104 @@ def test_dub_usage_errors_exit_2(clip, captions, tmp_path):
     nowhere = run("dub", clip, "--captions", captions, "-o", tmp_path / "missing" / "o.mp4")
     assert nowhere.exit_code == 2 and "does not exist" in nowhere.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seconds", [FRAME_S, 3 * FRAME_S])
+def test_a_video_of_one_frame_or_a_few_gives_every_shot_its_frames(seconds, tmp_path):
+    """An exact seek past a video's last frame decodes nothing: a 1-frame or 0.12 s video must still give the
+    describer its frames (they were refused as 'no frame decoded')."""
+    from PIL import Image
+
+    from audiostory_cli.inputs.dub import FRAMES_PER_SHOT
+    from audiostory_cli.inputs.video import frame_times, frames
+
+    info = probe(make_video(tmp_path / "short.mp4", (("color=c=red", seconds),), audio=False))
+    shots = detect_shots(info, min_shot_s=1.0)
+    assert [(s.start_s, s.end_s) for s in shots] == [(0.0, info.duration_s)]
+    jpegs = frames(info, frame_times(shots[0], FRAMES_PER_SHOT), width=64)
+    assert len(jpegs) == FRAMES_PER_SHOT
+    for jpeg in jpegs:
+        red, green, blue = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=float).mean(axis=(0, 1))
+        assert red > 200 and green < 60 and blue < 60
+
+
+def test_an_output_that_cannot_be_written_is_a_usage_error_before_anything_runs(clip, captions, tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    """-o too long for the file system (itself, or its plan's and partial files' names), with a NUL byte, in a
+    folder this user cannot write into, or with its plan's path a folder: exit 2, one line, nothing probed or
+    loaded, no file left (a 250-byte name rendered the whole story, then died in a traceback)."""
+    monkeypatch.setattr("audiostory_cli.inputs.video.probe", lambda *a, **k: pytest.fail("probed the video"))
+    monkeypatch.setattr("audiostory_cli.registry.load_models", lambda *a, **k: pytest.fail("loaded a model"))
+    (tmp_path / "taken.plan.json").mkdir()
+    cases = [
+        (["-o", tmp_path / ("a" * 300 + ".mp4")], "is 304 bytes: too long for this file system"),
+        (["-o", tmp_path / ("a" * 240 + ".mp4")], "is 244 bytes: too long for this file system once the plan"),
+        (["--audio-only", "-o", tmp_path / ("a" * 240 + ".wav")], "is 244 bytes: too long"),
+        (["-o", f"{tmp_path}/a\x00b.mp4"], "null byte"),
+        (["-o", tmp_path / "taken.mp4"], "taken.plan.json is a folder"),
+    ]  # fmt: skip
+    readable = os.access
+    for args, message in [*cases, (["-o", tmp_path / "ok.mp4"], f"cannot write into {tmp_path}: permission denied")]:
+        if "ok.mp4" in str(args[-1]):
+            monkeypatch.setattr("audiostory_cli.audio_io.os.access", lambda path, mode, **k: not mode & os.W_OK and
+                                readable(path, mode, **k))  # fmt: skip
+        result = run("dub", clip, "--captions", captions, *args)
+        assert result.exit_code == 2, (message, result.output)
+        assert message in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.plan.json"]
+
+
+def test_a_describer_server_that_is_not_running_names_the_describer_option():
+    import socket
+
+    from audiostory_cli.errors import ModelLoadError
+
+    with socket.socket() as probe_socket:  # a port nothing listens on
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    with pytest.raises(ModelLoadError) as caught:
+        HttpDescriber.load(f"http://127.0.0.1:{port}/v1")
+    assert f"describer server http://127.0.0.1:{port}/v1: cannot connect" in str(caught.value)
+    assert "check --describer" in str(caught.value) and "--planner" not in str(caught.value)
+
+
+def test_frames_of_a_video_that_starts_late_are_the_shots_own(clip, tmp_path):
+    """An MPEG-TS starts at 1.4 s: ffmpeg counts its scene times and input seeks from the file's start itself, so
+    the start time taken off again put the cuts 1.4 s early, and added again showed the describer a frame 1.4 s
+    later (another shot), and near the end no frame at all."""
+    import subprocess
+
+    from PIL import Image
+
+    from audiostory_cli.inputs.video import frames
+
+    ts = tmp_path / "clip.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-map", "0:v", "-c:v", "mpeg2video", "-q:v", "3", "-f",
+                    "mpegts", str(ts)], check=True)  # fmt: skip
+    info = probe(ts)
+    assert info.start_s > 1.0
+    cuts = [shot.start_s for shot in detect_shots(info)[1:]]
+    assert cuts == pytest.approx([2.0, 3.6, 5.6], abs=2 * FRAME_S)  # were found 1.44 s early
+    colours = [np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=float).mean(axis=(0, 1))
+               for jpeg in frames(info, [1.0, 2.8, info.duration_s - FRAME_S / 2], width=64)]  # fmt: skip
+    red, blue, green = colours
+    assert red[0] > 200 and red[2] < 60  # shot 1 (0-2 s), not shot 2
+    assert blue[2] > 200 and blue[0] < 60  # shot 2 (2-3.6 s)
+    assert green[1] > 100 and green[0] < 60 and green[2] < 60  # the last frame of shot 4
+
+
+def test_a_video_stream_the_container_cannot_take_is_refused_before_any_model_loads(captions, tmp_path, monkeypatch):
+    """A GIF's video stream goes into no .mp4: refused with ffmpeg's reason before planning and rendering (it
+    failed at the mux, after the whole render, with a cut line: 'Error initializing output stream 0:1 --')."""
+    import subprocess
+
+    gif = tmp_path / "anim.gif"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:s=64x64:r=10:d=7", str(gif)], check=True)
+    monkeypatch.setattr("audiostory_cli.registry.load_models", lambda *a, **k: pytest.fail("loaded a model"))
+    result = run("dub", gif, "--captions", captions, "-o", tmp_path / "out.mp4")
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.stderr.split())
+    assert "the video stream of anim.gif (gif) cannot be copied into out.mp4: Could not find tag for codec gif" in message
+    assert ".mkv takes most codecs" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anim.gif"]

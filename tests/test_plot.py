@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import xml.etree.ElementTree as ET
 
@@ -201,6 +202,10 @@ def test_the_same_plan_draws_the_same_file_and_leaves_matplotlib_as_it_was(tmp_p
         (["{tmp}/invalid.plan.json"], 1, "events[0].duration_s = -2: must be > 0"),
         (["{tmp}/story.plan.json", "-o", "{tmp}/story.jpg"], 2, "use one of .png, .svg"),
         (["{tmp}/story.plan.json", "-o", "{tmp}/nowhere/story.png"], 2, "does not exist"),
+        (["{tmp}/story.plan.json", "-o", "{tmp}/" + "a" * 300 + ".png"], 2, "is 304 bytes: too long for this file system"),
+        (["{tmp}/story.plan.json", "-o", "{tmp}/" + "a" * 250 + ".svg"], 2, "is 254 bytes: too long"),  # its partial
+        (["{tmp}/story.plan.json", "-o", "{tmp}/st\x00ory.png"], 2, "embedded null byte"),
+        (["{tmp}/story.plan.json", "-o", "{tmp}"], 2, "has no extension"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path, args, code, message):
@@ -214,6 +219,25 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path, args, code, mes
     assert result.stdout == "" and _files(tmp_path) == before
     if code == 1:
         assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == 1
+
+
+def test_a_folder_that_refuses_writes_is_one_line_before_drawing(run, tmp_path, monkeypatch):
+    """A read-only folder (as an ordinary user sees it: os.access says no), for plot's picture and for --plot's
+    picture beside the output, or a folder in the picture's place: one line, before any drawing or model load."""
+    plan = write_plan(tmp_path, 2, 10.0)
+    monkeypatch.setattr("audiostory_cli.plot.draw_story", lambda *a: pytest.fail("drew the picture"))
+    monkeypatch.setattr("audiostory_cli.registry.load_models", lambda *a, **k: pytest.fail("loaded a model"))
+    (tmp_path / "s.png").mkdir()  # for render --plot -o s.wav
+    result = run("render", plan, "-o", tmp_path / "s.wav", "--plot")
+    assert result.exit_code == 1 and "picture path" in result.stderr and "s.png is a folder" in result.stderr
+    readable = os.access
+    monkeypatch.setattr("audiostory_cli.audio_io.os.access", lambda path, mode, **k: not mode & os.W_OK and
+                        readable(path, mode, **k))  # fmt: skip
+    for args in (["plot", plan], ["plot", plan, "-o", tmp_path / "x.svg"]):
+        result = run(*args)
+        assert result.exit_code in (1, 2), result.output
+        assert f"cannot write into {tmp_path}: permission denied" in " ".join(result.stderr.split())
+    assert _files(tmp_path) == ["s.png", "story.plan.json"]
 
 
 def test_unreadable_or_foreign_audio_is_one_line_and_no_audio_draws_the_plan(run, tmp_path):

@@ -90,6 +90,10 @@ def test_json_and_csv_shot_lists(tmp_path):
         ("csv", "start,end\n0,1\n", "line 1: the header row must name the columns start, end and description"),
         ("csv", "start,end,description\n0,1,a\n1,x,b\n", "cues.x line 3: end = \"x\""),
         ("csv", "start,end,description\n0,1,a\n1,2\n", "line 3: 2 columns, the header has 3"),
+        ("csv", "start,end,description\n0,1e308,a\n", "cues.x line 2: cue 1 ends at 1e+308 s: a story lasts at most 600 s"),
+        ("csv", "start,end,description\n0,0.0004,a\n", "cues.x line 2: cue 1 lasts 0.0004 s: a cue lasts at least 1 ms"),
+        ("csv", "start,end,description\n3,-1.5,a\n", "cue 1 ends at -00:00:01.500, not after it starts (00:00:03.000)"),
+        ("vtt", "WEBVTT\n\n00:00.000 --> 00:02.000\nhello\n\n99:99.000 --> 00:03.000\nbad\n", "cues.x line 6: not a WebVTT cue"),
     ],
 )  # fmt: skip
 def test_bad_timelines_name_the_line(kind, text, message):
@@ -124,6 +128,22 @@ def test_any_text_is_cues_or_one_input_error(kind, text):
     for before, after in zip(timeline.cues, timeline.cues[1:]):
         assert before.end_s <= after.start_s + 0.0005
     assert all(c.end_s > c.start_s >= 0 and c.text.strip() for c in timeline.cues)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(st.one_of(st.floats(0, 600), st.floats()), st.floats(), st.text(max_size=20)),
+                     min_size=1, max_size=4))  # fmt: skip
+def test_any_numbers_in_a_shot_list_are_cues_or_one_input_error(rows):
+    """Any float as a start or end (1e308, -0.0, inf, nan), in a CSV and a JSON shot list: cues or one line."""
+    csv_text = "start,end,description\n" + "".join(f"{a!r},{b!r},{json.dumps(t)}\n" for a, b, t in rows)
+    json_text = json.dumps([{"start": a, "end": b, "description": t} for a, b, t in rows])
+    for kind, text in (("csv", csv_text), ("json", json_text)):
+        try:
+            timeline = parse_timeline(text, kind)
+        except InputError as err:
+            assert "\n" not in str(err)
+            continue
+        assert all(600 >= c.end_s > c.start_s >= 0 for c in timeline.cues)
 
 
 # --- the slots planner's plan -----------------------------------------------------------------------------
@@ -166,6 +186,16 @@ def test_slot_answer_with_the_wrong_number_of_events_is_refused():
     listed = {"events": [{"caption": f"sound {i}", "tone": ""} for i in range(3)]}  # a server that ignored the schema
     assert [e.caption for e in slot_plan_from_answer(json.dumps(listed), _request()).foreground()] == [
         "sound 0", "sound 1", "sound 2"]
+
+
+def test_cues_of_one_millisecond_make_a_plan():
+    """64 cues of 1 ms each: 0.009 - 0.008 is 0.00099999... in floats, and the plan refused it as shorter than
+    its 1 ms minimum ("duration_s = 0.001: must be > 0 (at least 0.001 s)")."""
+    text = "start,end,description\n" + "".join(f"{i / 1000:.3f},{(i + 1) / 1000:.3f},a tick\n" for i in range(64))
+    cues = parse_timeline(text, "csv").cues
+    plan = slot_plan(SlotRequest(slots=cues, total_s=0.064, prompt="ticks"), [c.text for c in cues])
+    assert [(e.start_s, e.end_s) for e in plan.events] == [(c.start_s, c.end_s) for c in cues]
+    assert len(plan.events) == 64 and all(abs(e.duration_s - 0.001) < 1e-9 for e in plan.events)
 
 
 def test_verbatim_slot_plan_and_cues_past_the_end():

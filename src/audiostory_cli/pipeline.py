@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import audio_io, loudness, mix
 from .errors import InputError
@@ -52,9 +52,12 @@ def plan_path_for(audio_path: Path) -> Path:
     return audio_path.with_name(audio_path.stem + ".plan.json")
 
 
-def check_story_output(output: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """The audio file and the plan beside it, checked before any work (``audio_io.check_output_path``, and the
-    plan path free or an overwritable file): both resolved. Raises ``InputError``/``AudioIOError``."""
+def check_story_output(
+    output: str | os.PathLike[str], check: Callable[[str | os.PathLike[str]], Path] = audio_io.check_output_path
+) -> tuple[Path, Path]:
+    """The audio file and the plan beside it, checked before any work (``check``: ``audio_io.check_output_path``,
+    or dub's check of a video; and the plan path free or an overwritable file): both resolved. Raises
+    ``InputError``/``AudioIOError``."""
     given = Path(output).expanduser() if "\x00" not in os.fspath(output) else None  # NUL: check_output_path says
     over = audio_io.name_overflow(plan_path_for(given)) if given is not None and given.suffix else 0
     if over:  # the plan's name is the longer one: say it in terms of the name the user gave
@@ -64,7 +67,7 @@ def check_story_output(output: str | os.PathLike[str]) -> tuple[Path, Path]:
             f"beside it ({given.stem[:20]}....plan.json) and its hidden partial file add their suffixes",
             hint=f"use a name of at most {size - over} bytes",
         )
-    audio = audio_io.check_output_path(output)
+    audio = check(output)
     plan = plan_path_for(audio)
     return audio, audio_io.check_target(plan, "plan path")
 

@@ -80,16 +80,14 @@ def import_matplotlib():
 
 
 def check_plot_path(path: str | os.PathLike[str]) -> Path:
-    """A picture path to write: .png or .svg, in a folder that exists; returned resolved."""
-    path = Path(path).expanduser().resolve()
-    if path.suffix.lower() not in PLOT_EXTENSIONS:
-        what = f"extension {path.suffix}" if path.suffix else "no extension"
-        raise InputError(f"picture {path.name} has {what}: use one of {', '.join(PLOT_EXTENSIONS)}")
-    if path.is_dir():
-        raise InputError(f"picture path {path} is a folder: give a file name such as {path / 'story.png'}")
-    if not path.parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist", hint=f"create it with `mkdir -p {path.parent}`")
-    return path
+    """A picture path to write: .png or .svg, and what ``audio_io.check_target`` checks of every file written (no
+    NUL byte, a name that fits with its partial name, a writable folder that exists, not a folder); resolved."""
+    name = Path(os.fspath(path).replace("\x00", "")).name
+    suffix = Path(name).suffix
+    if suffix.lower() not in PLOT_EXTENSIONS:
+        what = f"extension {suffix}" if suffix else "no extension"
+        raise InputError(f"picture {name[:80]} has {what}: use one of {', '.join(PLOT_EXTENSIONS)}")
+    return audio_io.check_target(path, "picture path")
 
 
 def story_stem(path: str | os.PathLike[str]) -> str:

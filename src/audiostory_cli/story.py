@@ -28,6 +28,7 @@ MAX_PROMPT_CHARS = 2000  # a story prompt is a paragraph, not a document
 MAX_LAYER = 3  # layer 0 is the foreground sequence; 1..3 are beds placed under it
 MIN_EVENT_S = 0.001  # shortest event: a clip of at least a few samples (an event of 0 samples crashed the decoder)
 _EPS_S = 1e-6  # tolerance for float seconds read back from JSON
+_SHORTEST_S = MIN_EVENT_S - 1e-9  # MIN_EVENT_S in float noise: a 1 ms cue from 0.008 to 0.009 s lasts 0.00099999...
 MAX_PLAN_BYTES = 16 * 1024 * 1024  # a plan file is a few kB; a bigger file is not a plan
 MAX_JSON_DEPTH = 16  # nesting a plan's free-form ``request`` may have (a batch writes 2 levels)
 MAX_REQUEST_ITEMS = 256  # values a plan's ``request`` may hold, all levels together
@@ -344,7 +345,7 @@ def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
     if not 0 <= start_s < total_s:
         raise PlanError(f"{where}start_s = {start_s:g}: must be >= 0 and < total_s ({total_s:g})")
     duration_s = _number(raw, "duration_s", where, f">= {MIN_EVENT_S:g}, ending by total_s ({total_s:g})")
-    if not duration_s >= MIN_EVENT_S:
+    if not duration_s >= _SHORTEST_S:
         raise PlanError(f"{where}duration_s = {duration_s:g}: must be > 0 (at least {MIN_EVENT_S:g} s)")
     if start_s + duration_s > total_s + _EPS_S:
         raise PlanError(
@@ -361,7 +362,7 @@ def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
 def _check_events(events: tuple[Event, ...], total_s: float) -> None:
     """The timeline checks of ``plan_from_dict`` on events already built (``round_times`` re-checks)."""
     for e in events:
-        if not (0 <= e.start_s < total_s and e.duration_s >= MIN_EVENT_S and e.end_s <= total_s + _EPS_S):
+        if not (0 <= e.start_s < total_s and e.duration_s >= _SHORTEST_S and e.end_s <= total_s + _EPS_S):
             raise PlanError(f"events[{e.index}] does not fit in total_s ({total_s:g})")
     _check_no_overlap(events)
 

@@ -85,12 +85,15 @@ def _load_models(setup, **needs):
     return load_models(setup.options, device=setup.device, dtype=setup.dtype, status=stderr.status, **needs)
 
 
-def _check_plot(plot: bool) -> None:
-    """``--plot`` without matplotlib is one line, before any model loads."""
+def _check_plot(plot: bool, output: Optional[Path]) -> None:
+    """``--plot`` without matplotlib, or whose picture beside ``output`` cannot be written (a folder of that
+    name), is one line, before any model loads."""
     if plot:
-        from ..plot import import_matplotlib
+        from ..plot import check_plot_path, import_matplotlib, plot_path_for
 
         import_matplotlib()
+        if output is not None and "\x00" not in str(output):  # a NUL in -o: the output's own check says
+            check_plot_path(plot_path_for(output))
 
 
 def _plot_beside(plan, output: Path, *, over_audio: bool) -> None:
@@ -153,11 +156,17 @@ def generate(
     if plot and output is None:
         raise typer.BadParameter("with --dry-run, --plot needs -o: the picture goes beside it as <name>.png",
                                  param_hint="'--plot'")  # fmt: skip
+    if timeline is not None and model is not None:  # seen before any model loads
+        raise typer.BadParameter("the AudioStory checkpoint plans only prompts: a timeline's slots need a JSON "
+                                 "planner (--planner, with --decoder)", param_hint="'--model'")  # fmt: skip
+    if timeline is not None and max_events is not None:
+        raise typer.BadParameter("with --timeline each cue is one event (and a background may run under them): "
+                                 "there is no number of events to choose", param_hint="'--max-events'")  # fmt: skip
     given = dict(seed=seed, steps=steps, guidance=guidance, crossfade_s=crossfade, coherence=coherence,
                  continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
                  planner=planner, decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
     with errors():
-        _check_plot(plot)
+        _check_plot(plot, output)
         duration_given = timeline is not None and _given(ctx, "duration")
         if timeline is not None:
             timeline = _read_timeline_for(timeline, duration if duration_given else None)  # before any model loads
@@ -226,7 +235,7 @@ def render(
                  continuation=continuation, window=window, loudness_lufs=loudness, batch_size=batch_size,
                  decoder=decoder, bridge=model_ref(bridge_path), model=model)  # fmt: skip
     with errors():
-        _check_plot(plot)
+        _check_plot(plot, output)
         plan = _plan_or_timeline(plan_file)
         setup = setup_run(given, saved=plan.render, output=output, device=device, dtype=dtype, notify=_notify)
         models = _load_models(setup, need_planner=False, bridge_planner=planner)
@@ -541,7 +550,7 @@ def dub(
     long as the video and muxed in as its audio track."""
     from ..inputs.dub import check_output, check_plan_fits, describe_shots, write_dub
     from ..inputs.timelines import read_timeline
-    from ..inputs.video import detect_shots, probe, require_ffmpeg
+    from ..inputs.video import check_copyable, detect_shots, probe, require_ffmpeg
     from ..pipeline import longest_event_s, plan_story
     from ..planners.slots import SlotPlanner, SlotRequest
     from ..run_setup import setup_run
@@ -573,6 +582,8 @@ def dub(
         if info.duration_s > MAX_TOTAL_S:
             raise AudiostoryError(f"{info.path.name} lasts {info.duration_s:g} s: dub makes at most {MAX_TOTAL_S:g} s "
                                   "of sound", hint="cut the video into parts of at most 10 minutes")  # fmt: skip
+        if output is not None and not audio_only and not dry_run:
+            check_copyable(info, output)
         if mix_original is not None and (audio_only or info.audio_streams == 0):
             why = "--audio-only writes no video" if audio_only else f"{info.path.name} has no audio stream"
             raise AudiostoryError(f"--mix-original: {why}", hint="drop --mix-original")

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from .. import audio_io
 from ..errors import InputError
-from ..pipeline import StoryResult, plan_path_for, render_plan
+from ..pipeline import StoryResult, check_story_output, plan_path_for, render_plan
 from ..settings import RenderOptions
 from ..story import Plan, Progress, ProgressFn, no_progress, plan_to_json
 from .timelines import Cue, Timeline, clock
-from .video import VideoInfo, frame_times, frames, mux
+from .video import VideoInfo, check_copyable, frame_times, frames, mux
 
 if TYPE_CHECKING:
     from ..conditioning.base import Conditioner
@@ -51,10 +51,11 @@ def check_plan_fits(plan: Plan, info: VideoInfo, source: str) -> None:
 
 
 def check_output(output: Path, *, audio_only: bool) -> Path:
-    """The output path, checked before any work: an audio file with ``audio_only``, else a video container."""
+    """The output path, checked before any work: an audio file with ``audio_only``, else a video container; and
+    the plan beside it (its name fits, it is free or an overwritable file)."""
     from .video import check_video_output
 
-    return audio_io.check_output_path(output) if audio_only else check_video_output(output)
+    return check_story_output(output, audio_io.check_output_path if audio_only else check_video_output)[0]
 
 
 def write_dub(
@@ -73,6 +74,8 @@ def write_dub(
     (``audio_only``: the audio alone), and ``<name>.plan.json`` with every setting used beside it."""
     # 1. Where it goes, checked before the render.
     output = check_output(output, audio_only=audio_only)
+    if not audio_only:
+        check_copyable(info, output)
     check_plan_fits(plan, info, "the plan")
     # 2. Render and mix the story.
     made = render_plan(decoder, plan, options, conditioner, progress=progress)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..story import parse_json, shown
+from ..story import MIN_EVENT_S, parse_json, shown
 
 EXTENSIONS = (".srt", ".vtt", ".json", ".csv")  # the timeline formats, by file extension
 VIDEO_EXTRA = 'pip install "audiostory-cli[video]"'  # srt, webvtt-py and pillow
@@ -301,12 +301,19 @@ def _timing_lines(text: str) -> list[int]:
 
 
 def _block_line(text: str, message: str) -> int:
-    """The line where the cue block quoted in webvtt-py's error message starts (1 when not found)."""
+    """The line where the cue block quoted in webvtt-py's error message starts, or the timing line holding the
+    timestamp it quotes ("Invalid timestamp '99:99.000'"); 1 when not found."""
     quoted = re.search(r"\[['\"](.*?)['\"][,\]]", message)
     if quoted:
         first = quoted.group(1)
         for n, line in enumerate(text.split("\n"), start=1):
             if line.strip() == first.strip():
+                return n
+    stamp = re.search(r"timestamp ['\"](.+?)['\"]", message)
+    if stamp:
+        lines = text.split("\n")
+        for n in _timing_lines(text):
+            if stamp.group(1) in lines[n - 1]:
                 return n
     return 1
 
@@ -357,6 +364,8 @@ def _checked(raw_cues: list[tuple[float, float, str, int, int]], source: str) ->
             raise InputError(f"{where} starts at {start_s:g} s: must be between 0 and {MAX_TIMELINE_S:g} s")
         if not end_s > start_s:
             raise InputError(f"{where} ends at {clock(end_s)}, not after it starts ({clock(start_s)})")
+        if end_s - start_s < MIN_EVENT_S - 1e-9:  # float noise: 0.009 - 0.008 is 0.00099999...
+            raise InputError(f"{where} lasts {end_s - start_s:.2g} s: a cue lasts at least {MIN_EVENT_S * 1000:g} ms")
         if end_s > MAX_TIMELINE_S:
             raise InputError(f"{where} ends at {clock(end_s)}: a story lasts at most {MAX_TIMELINE_S:g} s")
         words = " ".join(_MARKUP.sub(" ", text).split())
@@ -382,8 +391,12 @@ def _checked(raw_cues: list[tuple[float, float, str, int, int]], source: str) ->
 
 
 def clock(seconds: float) -> str:
-    """``HH:MM:SS.mmm``, as the error messages and the shot table write times."""
-    millis = int(round(seconds * 1000))
+    """``HH:MM:SS.mmm``, as the error messages and the shot table write times (a time no clock holds, such as
+    ``1e308`` from a hostile file, as plain seconds)."""
+    if not math.isfinite(seconds) or abs(seconds) > 1e12:
+        return f"{seconds:g} s"
+    millis = int(round(abs(seconds) * 1000))
     hours, rest = divmod(millis, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+    sign = "-" if seconds < 0 and millis else ""
+    return f"{sign}{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"

@@ -13,7 +13,9 @@ Python package (ffmpeg is already needed to mux) and finds hard cuts on the fram
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import audio_io
 from ..errors import AudioIOError, InputError
 from .timelines import Cue, clock
 
@@ -118,7 +121,7 @@ def scene_cuts(info: VideoInfo, threshold: float = SCENE_THRESHOLD) -> list[floa
         if "pts_time:" in line:
             value = _number(line.split("pts_time:")[1].split()[0])
             if value is not None:
-                cuts.append(round(value - info.start_s, 6))
+                cuts.append(round(value, 6))  # from the file's start: ffmpeg shifts the first frame to 0 itself
     return sorted(cut for cut in cuts if 0 < cut < info.duration_s)
 
 
@@ -154,12 +157,17 @@ def frames(info: VideoInfo, times: list[float], *, width: int = FRAME_WIDTH) -> 
         return []
     command = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error"]
     for time_s in times:
-        command += ["-ss", f"{info.start_s + time_s:.3f}", "-i", str(info.path)]
+        command += ["-ss", _seek(info, time_s), "-i", str(info.path)]
     with tempfile.TemporaryDirectory(prefix="audiostory-frames-") as folder:
         names = [Path(folder) / f"{k}.jpg" for k in range(len(times))]
         for k, name in enumerate(names):
             command += ["-map", f"{k}:v:0", "-frames:v", "1", "-vf", f"scale={width}:-2", "-q:v", "3", str(name)]
         result = _run(command, _PROBE_TIMEOUT_S * len(times), f"reading frames of {info.path}")
+        for time_s, name in zip(times, names):  # a fast seek can miss (near an MPEG-TS's end): decode up to it
+            if result.returncode == 0 and (not name.exists() or name.stat().st_size == 0):
+                _run(["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(info.path), "-ss",
+                      _seek(info, time_s), "-map", "0:v:0", "-frames:v", "1", "-vf", f"scale={width}:-2", "-q:v", "3",
+                      str(name)], _FFMPEG_TIMEOUT_S, f"reading frames of {info.path}")  # fmt: skip
         missing = [t for t, name in zip(times, names) if not name.exists() or name.stat().st_size == 0]
         if result.returncode != 0 or missing:
             where = clock(missing[0]) if missing else clock(times[0])
@@ -168,20 +176,53 @@ def frames(info: VideoInfo, times: list[float], *, width: int = FRAME_WIDTH) -> 
         return [name.read_bytes() for name in names]
 
 
+def _seek(info: VideoInfo, time_s: float) -> str:
+    """``-ss`` for the frame shown at ``time_s``: an exact seek decodes the first frame at or after the time it
+    is given, so the time is floored to the frame grid (the frame on screen then) and to the last frame's (a
+    time in the last frame's span, or a 1-frame video, would otherwise find no frame)."""
+    if info.fps > 0:
+        frame_s = 1.0 / info.fps
+        last_s = max(0.0, info.duration_s - frame_s)
+        time_s = min(math.floor(time_s / frame_s + 1e-6) * frame_s, last_s)
+    # an input -ss is from the file's start: ffmpeg adds its start time itself (an MPEG-TS starts at 1.4 s)
+    return f"{math.floor(max(0.0, time_s) * 1000) / 1000:.3f}"  # floored: never past the frame
+
+
 # --- the output ------------------------------------------------------------------------------------------
 
 
 def check_video_output(path: str | Path) -> Path:
-    """The resolved output path of a video: an extension that takes AAC audio, an existing folder."""
-    path = Path(path).expanduser().resolve()
-    if path.is_dir():
-        raise InputError(f"output path {path} is a folder: give a file name such as {path / 'dubbed.mp4'}")
-    if path.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise InputError(f"output {path.name}: a dubbed video is written as {', '.join(VIDEO_EXTENSIONS)}",
+    """The resolved output path of a video: an extension that takes AAC audio, and what ``audio_io.check_target``
+    checks of any file written (no NUL byte, a name that fits with its partial name, a writable folder that
+    exists, not a folder)."""
+    text = os.fspath(path)
+    if "\x00" not in text and Path(text).suffix.lower() not in VIDEO_EXTENSIONS and not _is_folder(text):
+        raise InputError(f"output {Path(text).name[:80]}: a dubbed video is written as {', '.join(VIDEO_EXTENSIONS)}",
                          hint="or write the audio alone with --audio-only and an audio extension")  # fmt: skip
-    if not path.parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist", hint=f"create it with `mkdir -p {path.parent}`")
-    return path
+    return audio_io.check_target(path)  # a folder is said there
+
+
+def check_copyable(info: VideoInfo, output: Path) -> None:
+    """The video stream can be copied into ``output``'s container (a GIF's or a raw video's codec goes into no
+    .mp4), checked on its first frame before any work: else an ``InputError`` with ffmpeg's reason."""
+    container = VIDEO_EXTENSIONS[Path(output).suffix.lower()]
+    with tempfile.TemporaryDirectory(prefix="audiostory-copy-") as folder:
+        command = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(info.path), "-map", "0:v:0",
+                   "-c:v", "copy", "-frames:v", "1", "-f", container, str(Path(folder) / f"check{Path(output).suffix}")]
+        result = _run(command, _PROBE_TIMEOUT_S, f"checking that {info.path} copies into {Path(output).name}")
+    if result.returncode != 0:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        reason = re.sub(r"^\[[^]]*\]\s*", "", lines[0])[:200] if lines else "ffmpeg failed"
+        raise InputError(f"the video stream of {info.path.name} ({info.codec}) cannot be copied into "
+                         f"{Path(output).name}: {reason}", hint="write another container (.mkv takes most codecs), "
+                         "or --audio-only")  # fmt: skip
+
+
+def _is_folder(text: str) -> bool:
+    try:
+        return Path(text).expanduser().is_dir()
+    except OSError:  # a name too long for the file system: check_target says
+        return False
 
 
 def mux(

@@ -170,7 +170,7 @@ class OpenAIHttpEngine:
         at = f"{self.role} server {self.url}"
         if err.connect:
             return ModelLoadError(f"{at}: {err.message} ({err.where})",
-                                  hint="is the server running? start it or check --planner")  # fmt: skip
+                                  hint=f"is the server running? start it or check --{self.role}")  # fmt: skip
         if err.status in (401, 403):
             key = "no key was sent" if not self._key else "the key was refused"
             return ModelLoadError(f"{at} refused the request ({err.status}: {err.message}); {key}",

@@ -216,7 +216,7 @@ def plan_slots(planner: Any, request: SlotRequest, *, progress: ProgressFn = no_
     if engine is None or not hasattr(engine, "complete"):
         raise InputError(
             f"planner {planner.ref} cannot fill a timeline's slots: only a JSON planner (a chat LLM folder, a .gguf "
-            "file or a server URL) can", hint="give one with --planner (the AudioStory checkpoint plans only prompts)",
+            "file or a server URL) can", hint="give one with --planner; the AudioStory checkpoint plans only prompts",
         )  # fmt: skip
     return ask_for_plan(
         engine, slot_messages(request, limits), slot_schema(request, limits), max_slot_tokens(request, limits),
