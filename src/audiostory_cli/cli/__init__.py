@@ -1,6 +1,7 @@
-"""The ``audiostory`` command: ``app.py`` (the commands), ``options.py`` (shared options -> RenderOptions),
-``display.py`` (errors, progress, tables)."""
+"""The ``audiostory`` command: ``app.py`` (the commands), ``dub.py`` (``dub``, registered on the same app),
+``options.py`` (shared options -> RenderOptions), ``display.py`` (errors, progress, tables)."""
 
+from . import dub as _dub  # noqa: F401  (registers the dub command on app)
 from .app import app
 
 
