@@ -281,8 +281,7 @@ def test_batch_json_lines_with_a_bad_line(run, models, tmp_path):
     lines.insert(1, {"prompt": "", "output": "empty.wav"})
     lines.append({"prompt": "escape", "output": "../escape.wav"})
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json {\n")
-    prompts.write_text(prompts.read_text().replace("not json {", '{"prompt": 3}'))
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + '\n{"prompt": 3}\nnot json {\n')
     out = tmp_path / "out"
     result = run("batch", prompts, "-o", out, *models, *FAST)
     assert result.exit_code == 1
@@ -296,7 +295,8 @@ def test_batch_json_lines_with_a_bad_line(run, models, tmp_path):
     assert "line 2: the prompt is empty" in stderr
     assert "line 5: output = '../escape.wav': must be a plain file name" in stderr
     assert "line 6: prompt = 3: must be a string" in stderr
-    assert "3 of 6 prompts failed" in stderr
+    assert "line 7: not valid JSON" in stderr
+    assert "4 of 7 prompts failed" in stderr
     assert not (tmp_path / "escape.wav").exists()
     harbor = json.loads((out / "harbor.plan.json").read_text())
     assert harbor["render"]["seed"] == 7
