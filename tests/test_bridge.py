@@ -53,13 +53,6 @@ def test_down_weighted_residual_tokens_count_less():
     assert toward_first.sum() > toward_second.sum()
 
 
-def test_trained_fusion_has_attention_weights_and_keeps_shapes():
-    fusion = bridge.Fusion(8, heads=2, trained=True)
-    assert any(name.startswith("attention.") for name, _ in fusion.named_parameters())
-    out = fusion(_tokens(5), _tokens(7, seed=1), torch.ones(7), 1.0)
-    assert out.shape == (5, 8)
-
-
 def test_residual_holds_story_tone_and_earlier_events_with_decaying_weight(decoder, plan):
     conditionings = bridge.condition(plan, decoder, decoder)
     assert [c.event.index for c in conditionings] == [e.index for e in plan.events]

@@ -111,7 +111,7 @@ def compose(
 
     # 3. Peak control
     wave = limit_peak(wave, peak_dbfs)
-    return Track(wave=wave, sample_rate=sample_rate, clips=tuple(clips))
+    return Track(wave=wave, sample_rate=sample_rate)
 
 
 def _bed_fade_samples(event: Event, span_samples: int, crossfade_s: float, sample_rate: int) -> int:

@@ -119,7 +119,6 @@ class Clip:
     event: Event  # the event it renders
     wave: np.ndarray = field(repr=False)  # float32 [channels, samples], duration_s (+ tail) long
     sample_rate: int = 44100  # samples per second of ``wave``
-    seed: int = 0  # the seed its starting noise was drawn from
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,6 @@ class Track:
 
     wave: np.ndarray = field(repr=False)  # float32 [channels, samples], plan.total_s long
     sample_rate: int = 44100  # samples per second
-    clips: tuple[Clip, ...] = ()  # the clips it was mixed from
 
     @property
     def duration_s(self) -> float:

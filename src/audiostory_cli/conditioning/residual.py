@@ -42,16 +42,15 @@ class Conditioning:
 class Fusion(nn.Module):
     """Semantic tokens attend to residual tokens; the result is added back and scaled.
 
-    With ``trained=True`` it is multi-head attention with projections (AudioStory's fusion, whose weights a
-    checkpoint provides); otherwise attention without parameters: softmax(q k^T / sqrt(D) + log w) v with
-    q = semantic, k = v = residual. Output: ``(semantic + coherence * attended) / (1 + coherence)``, which
-    keeps the tokens' scale where the decoder was trained.
+    Attention without parameters (the released checkpoint brings its own trained fusion:
+    ``models/audiostory/fusion.QueryFusion``): softmax(q k^T / sqrt(D) + log w) v with q = semantic,
+    k = v = residual. Output: ``(semantic + coherence * attended) / (1 + coherence)``, which keeps the tokens'
+    scale where the decoder was trained.
     """
 
-    def __init__(self, dim: int, heads: int = 8, *, trained: bool = False) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True) if trained else None
 
     def forward(
         self, semantic: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, coherence: float
@@ -60,13 +59,8 @@ class Fusion(nn.Module):
         if coherence == 0 or residual.shape[0] == 0:
             return semantic
         bias = weight.clamp(min=1e-6).log().to(semantic.dtype)
-        if self.attention is None:
-            scores = semantic @ residual.T / math.sqrt(self.dim) + bias[None, :]
-            attended = scores.softmax(dim=-1) @ residual
-        else:
-            attended = self.attention(
-                semantic[None], residual[None], residual[None], attn_mask=bias[None, :].expand(semantic.shape[0], -1)
-            )[0][0]
+        scores = semantic @ residual.T / math.sqrt(self.dim) + bias[None, :]
+        attended = scores.softmax(dim=-1) @ residual
         return (semantic + coherence * attended) / (1 + coherence)
 
 

@@ -192,7 +192,7 @@ class StableAudio3Decoder:
         return [clips[i] for i in range(len(requests))]
 
     def _clip(self, request: ClipRequest, wave: np.ndarray) -> Clip:
-        return Clip(event=request.event, wave=wave, sample_rate=self.setup.sample_rate, seed=request.seed)
+        return Clip(event=request.event, wave=wave, sample_rate=self.setup.sample_rate)
 
     def _render_batch(self, batch: list[ClipRequest], frames: int, steps, guidance, progress) -> list[np.ndarray]:
         # 1. Conditioning: padded text rows + duration token, and the global duration embedding.

@@ -178,7 +178,7 @@ class TangoFluxDecoder:
             progress(Progress("render", len(clips), len(requests), f"decoding event {request.event.index + 1}"))
             audio = self._decode_frames(self._clip_latents(grid, windows, place, latents))
             wave = fit_length(audio[:, grid.shift :], request.n_samples)
-            clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, seed=request.seed)
+            clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate)
         progress(Progress("render", len(clips), len(requests), "done"))
         return [clips[i] for i in range(len(requests))]
 
