@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audiostory_cli.errors import InputError, PlanError
+from audiostory_cli.inputs import timelines
 from audiostory_cli.inputs.timelines import is_timeline_file, parse_timeline, read_timeline
 from audiostory_cli.planners.slots import SlotRequest, slot_plan, slot_plan_from_answer, slot_schema
 
@@ -100,6 +101,18 @@ def test_bad_timelines_name_the_line(kind, text, message):
     with pytest.raises(InputError) as caught:
         parse_timeline(text, kind, source="cues.x")
     assert message in str(caught.value)
+
+
+def test_a_file_too_big_for_a_timeline_is_refused_without_being_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(timelines, "MAX_TIMELINE_BYTES", len(SRT) - 1)
+    (tmp_path / "cues.srt").write_text(SRT)
+    with pytest.raises(InputError, match="has more than .* MiB: not a timeline"):
+        read_timeline(tmp_path / "cues.srt")
+    (tmp_path / "shots.json").write_text('[{"start": 0, "end": 1, "description": "' + "x" * len(SRT) + '"}]')
+    assert not is_timeline_file(tmp_path / "shots.json")  # left to the plan reader, which names the size
+    (tmp_path / "cues.vtt").mkdir()
+    with pytest.raises(InputError, match="cues.vtt is a folder"):
+        read_timeline(tmp_path / "cues.vtt")
 
 
 def test_unreadable_files(tmp_path):

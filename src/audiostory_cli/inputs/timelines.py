@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..story import MIN_EVENT_S, parse_json, shown
+from ..story import MAX_PLAN_BYTES, MIN_EVENT_S, parse_json, read_user_file, shown
 
 EXTENSIONS = (".srt", ".vtt", ".json", ".csv")  # the timeline formats, by file extension
 VIDEO_EXTRA = 'pip install "audiostory-cli[video]"'  # srt, webvtt-py and pillow
 MAX_CUES = 64  # most cues one timeline may hold (story.MAX_EVENTS: each cue becomes one event)
 MAX_DESCRIPTION_CHARS = 500  # a cue describes one shot in a sentence or two
 MAX_TIMELINE_S = 600.0  # story.MAX_TOTAL_S: the longest story a plan may describe
+MAX_TIMELINE_BYTES = MAX_PLAN_BYTES  # story.MAX_PLAN_BYTES: a bigger file (or /dev/zero) is refused, not read whole
 _OVERLAP_TOLERANCE_S = 0.0005  # cue times are whole milliseconds: less than half of one is rounding
 _MARKUP = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # <i>, <b>, <c.yellow>, <00:01.000>, {\an8}: formatting, not words
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d+)?)$")  # [h:]mm:ss[.fff]
@@ -81,8 +82,9 @@ def is_timeline_file(path: str | Path) -> bool:
     if suffix != ".json":
         return suffix in EXTENSIONS
     try:
-        data = parse_json(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError):  # not JSON at all: the plan reader says what is wrong
+        raw = read_user_file(path, "plan or shot list", MAX_TIMELINE_BYTES, "give a file")
+        data = parse_json(raw.decode("utf-8-sig")) if len(raw) <= MAX_TIMELINE_BYTES else None
+    except (InputError, UnicodeDecodeError, ValueError):  # not JSON at all: the plan reader says what is wrong
         return False
     if isinstance(data, dict):  # a plan has events; a shot list holds its shots under one of these keys
         return "events" not in data and bool({"shots", "cues"} & data.keys())
@@ -95,12 +97,10 @@ def read_timeline(path: str | Path) -> Timeline:
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
         raise InputError(f"timeline file {path} has an unknown extension: use one of {', '.join(EXTENSIONS)}")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"timeline file not found: {path}") from None
-    except OSError as err:
-        raise InputError(f"cannot read timeline file {path}: {err.strerror or err}") from None
+    raw = read_user_file(path, "timeline file", MAX_TIMELINE_BYTES, "give a .srt, .vtt, .json or .csv file")
+    if len(raw) > MAX_TIMELINE_BYTES:
+        raise InputError(f"timeline file {path} has more than {MAX_TIMELINE_BYTES // 2**20} MiB: not a timeline "
+                         "(a timeline of 64 cues is a few kB)")  # fmt: skip
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
