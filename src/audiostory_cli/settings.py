@@ -117,7 +117,7 @@ def options_from_dict(raw: Any, where: str = "render.") -> RenderOptions:
             raise PlanError(f"{where}{name} = {shown(values[name])}: must be an integer")
     if "seed" not in values:
         raise PlanError(f"{where}seed is missing")
-    for name in ("decoder", "planner", "bridge", "model"):
+    for name in MODEL_REFS:
         value = values.get(name)
         if isinstance(value, str) and len(value) > MAX_REF_CHARS:
             raise PlanError(f"{where}{name} has {len(value)} characters: a model reference has at most {MAX_REF_CHARS}")
