@@ -68,7 +68,7 @@ def test_example_plan_loads(tmp_path):
         (lambda d: d.update(total_s=0), "total_s = 0: must be > 0 and <= 600"),
         (lambda d: d.update(total_s="ten"), 'total_s = "ten": must be a number'),
         (lambda d: d.update(events=[]), "events has 0 entries: must have 1 to 64"),
-        (lambda d: d.update(schema_version=2), "schema_version = 2"),
+        (lambda d: d.update(schema_version=3), "schema_version = 3"),
         (lambda d: d.pop("total_s"), "total_s is missing"),
     ],
 )

@@ -8,6 +8,7 @@ is removed and an existing target is left as it was.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -253,12 +254,15 @@ def write_story_files(
     plan_text: str,
     *,
     on_step: Callable[[int, str], None] = lambda done, what: None,
+    sidecar: tuple[Path, Callable[[str], bytes]] | None = None,
 ) -> Path:
     """Write a story's audio and its plan as a pair: the audio file appears last, so an audio file always has
     its own plan beside it, whenever the process dies. Order: both to hidden partial files (fsynced); the old
     audio removed; the plan renamed into place; the audio renamed into place. A crash before the last rename
     leaves at most a plan with no audio (an unfinished story: a resumed batch renders it again) and partial
-    files (a resumed batch removes them). ``on_step(done, what)`` after each of the first STORY_WRITE_STEPS."""
+    files (a resumed batch removes them). ``on_step(done, what)`` after each of the first STORY_WRITE_STEPS.
+    ``sidecar``: a third file (the story's latents) and a function of the audio file's sha256 giving its bytes;
+    it is renamed into place after the plan, before the audio."""
     audio_path, plan_path = check_output_path(audio_path), check_target(plan_path, "plan path")
     write = _audio_writer(audio_path, wave, sample_rate)
     partials: list[Path] = []
@@ -268,18 +272,25 @@ def write_story_files(
         on_step(1, f"{audio_path.name} written")
         partials.append(_write_partial(plan_path, lambda file: file.write(plan_text.encode("utf-8"))))
         on_step(2, f"{plan_path.name} written")
+        if sidecar is not None:
+            side_bytes = sidecar[1](hashlib.sha256(partials[0].read_bytes()).hexdigest())
+            partials.append(_write_partial(check_target(sidecar[0], "latents path"), lambda f: f.write(side_bytes)))
         audio_path.unlink(missing_ok=True)  # until the new audio lands, the story reads as unfinished
         _fsync_folder(audio_path.parent)
         on_step(3, f"old {audio_path.name} removed")
         os.replace(partials[1], plan_path)
         plan_placed = True
         on_step(4, f"{plan_path.name} in place")
+        if sidecar is not None:
+            os.replace(partials[2], sidecar[0])
         os.replace(partials[0], audio_path)
     except BaseException as err:
         for partial in partials:
             partial.unlink(missing_ok=True)
         if plan_placed and not audio_path.exists():
             plan_path.unlink(missing_ok=True)  # a plan whose audio never came
+            if sidecar is not None:
+                sidecar[0].unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise AudioIOError(f"could not write {audio_path} and {plan_path.name}: {err}") from err
         raise

@@ -62,11 +62,18 @@ def normalize_loudness(
     if not is_real(target_lufs) or not ABSOLUTE_GATE_LUFS < target_lufs <= 0:
         raise InputError(f"loudness target = {target_lufs} LUFS: must be between {ABSOLUTE_GATE_LUFS:g} and 0")
     check_peak_dbfs(peak_dbfs)
+    gain = loudness_gain(wave, sample_rate, target_lufs)
+    if gain is None:
+        return wave
+    return limit_peak((wave * gain).astype(np.float32), peak_dbfs)
+
+
+def loudness_gain(wave: np.ndarray, sample_rate: int, target_lufs: float) -> float | None:
+    """The gain that brings ``wave`` to ``target_lufs`` (before the peak ceiling); None for silence."""
     current_lufs = loudness_lufs(wave, sample_rate)
     if current_lufs == float("-inf"):
-        return wave
-    gain = 10 ** ((target_lufs - current_lufs) / 20)
-    return limit_peak((wave * gain).astype(np.float32), peak_dbfs)
+        return None
+    return 10 ** ((target_lufs - current_lufs) / 20)
 
 
 def _gating_block_power(wave: np.ndarray, sample_rate: int) -> np.ndarray:

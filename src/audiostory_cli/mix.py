@@ -82,6 +82,17 @@ def compose(
     plan: Plan, clips: Sequence[Clip], crossfade_s: float, *, peak_dbfs: float = DEFAULT_PEAK_DBFS
 ) -> Track:
     """Place every clip at its event's start sample, crossfade joins, sum beds, limit the peak."""
+    raw = compose_raw(plan, clips, crossfade_s, peak_dbfs=peak_dbfs)
+    return Track(wave=limit_peak(raw, peak_dbfs), sample_rate=clips[0].sample_rate)
+
+
+def compose_raw(
+    plan: Plan, clips: Sequence[Clip], crossfade_s: float, *, peak_dbfs: float = DEFAULT_PEAK_DBFS,
+    head_fades: dict[int, int] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """``compose`` before its peak control: the clips placed, faded and summed, float32 [C, total samples].
+    ``head_fades``: samples of fade-in for events whose head crossfades with something outside the plan (the
+    recording a story continues)."""
     # 1. Check inputs: one clip per event, one format, lengths as ``clip_samples`` asked for
     _check_crossfade_s(crossfade_s)
     check_peak_dbfs(peak_dbfs)
@@ -89,14 +100,26 @@ def compose(
     by_index = _clips_by_event(plan, clips)
     expected = clip_samples(plan, crossfade_s, sample_rate)
     spans = event_spans(plan, sample_rate)
-    tails = _tail_samples(plan, crossfade_s, sample_rate)
     for index, clip in by_index.items():
         _check_clip(clip, index, expected[index], spans[index], sample_rate, channels)
 
     # 2. Place each clip with its fades; what runs past the end is cut
+    wave = np.zeros((channels, to_samples(plan.total_s, sample_rate)), dtype=np.float32)
+    for index, (start, gain) in placements(plan, crossfade_s, sample_rate, head_fades).items():
+        _add_at(wave, by_index[index].wave, gain, start)
+    return wave
+
+
+def placements(
+    plan: Plan, crossfade_s: float, sample_rate: int, head_fades: dict[int, int] | None = None
+) -> dict[int, tuple[int, np.ndarray]]:
+    """Where each event's clip goes (its start sample) and its gain curve (fades), in ``plan.events`` order."""
+    expected = clip_samples(plan, crossfade_s, sample_rate)
+    spans = event_spans(plan, sample_rate)
+    tails = _tail_samples(plan, crossfade_s, sample_rate)
     heads = {after.index: tails[before.index] for before, after in joins(plan)}
-    total_samples = to_samples(plan.total_s, sample_rate)
-    wave = np.zeros((channels, total_samples), dtype=np.float32)
+    heads.update(head_fades or {})
+    placed = {}
     for event in plan.events:
         start, end = spans[event.index]
         bed_fade = _bed_fade_samples(event, end - start, crossfade_s, sample_rate)
@@ -107,11 +130,24 @@ def compose(
             tail=tails.get(event.index, 0),
             bed_fade_out=0 if event.index in tails else bed_fade,
         )
-        _add_at(wave, by_index[event.index].wave, gain, start)
+        placed[event.index] = (start, gain)
+    return placed
 
-    # 3. Peak control
-    wave = limit_peak(wave, peak_dbfs)
-    return Track(wave=wave, sample_rate=sample_rate)
+
+def mix_range(
+    placed: dict[int, tuple[int, np.ndarray]], waves: dict[int, np.ndarray], channels: int, first: int, stop: int
+) -> np.ndarray:
+    """Samples ``[first, stop)`` of the raw mix (``compose_raw``), from the waves of the clips that reach into
+    that range (``waves``, by event index; the caller gives every clip that does), float32 [C, stop - first]."""
+    out = np.zeros((channels, stop - first), dtype=np.float32)
+    for index, (start, gain) in placed.items():
+        wave = waves.get(index)
+        if wave is None:
+            continue
+        a, b = max(start, first), min(start + wave.shape[-1], stop)
+        if b > a:
+            out[:, a - first : b - first] += wave[:, a - start : b - start] * gain[a - start : b - start]
+    return out
 
 
 def _bed_fade_samples(event: Event, span_samples: int, crossfade_s: float, sample_rate: int) -> int:
@@ -151,12 +187,19 @@ def limit_peak(wave: np.ndarray, peak_dbfs: float) -> np.ndarray:
     if not np.isfinite(wave).all():
         raise AudiostoryError("the mixed track has non-finite samples (NaN or inf); check the decoder output")
     ceiling = 10 ** (peak_dbfs / 20)
-    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    gain = peak_gain(wave, peak_dbfs)
     wave = wave.astype(np.float32, copy=False)
-    if peak > ceiling:
-        wave = (wave * np.float32(ceiling / peak)).astype(np.float32, copy=False)
+    if gain < 1:
+        wave = (wave * np.float32(gain)).astype(np.float32, copy=False)
         np.clip(wave, -ceiling, ceiling, out=wave)  # absorb float32 rounding of the scale
     return wave
+
+
+def peak_gain(wave: np.ndarray, peak_dbfs: float) -> float:
+    """The factor ``limit_peak`` scales ``wave`` by: ceiling / peak where the peak passes the ceiling, else 1."""
+    ceiling = 10 ** (peak_dbfs / 20)
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    return ceiling / peak if peak > ceiling else 1.0
 
 
 # --- checks -------------------------------------------------------------------------------------------

@@ -11,14 +11,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 from . import audio_io, loudness, mix
 from .errors import InputError
 from .decoders.base import ClipRequest
 from .settings import RenderOptions
-from .story import Plan, Progress, ProgressFn, StoryRequest, Track, clip_seed, no_progress, plan_to_json, round_times
+from .editing.latents import StoryState
+from .story import Plan, Progress, ProgressFn, StoryRequest, Track, event_seed, no_progress, plan_to_json, round_times
 
 if TYPE_CHECKING:
     from .conditioning.base import Conditioner
+    from .editing.records import ContinueFrom
     from .decoders.base import Decoder
 
 EVENT_MARGIN_S = 0.05  # planned events stay this far below the decoder window, for rounding to milliseconds
@@ -32,8 +35,9 @@ MAX_AUTO_BATCH_SIZE = 16  # ``batch_size`` None ("auto") never goes above this (
 class Rendered:
     """What ``render_plan`` made, and how."""
 
-    track: Track  # the mixed story, exactly plan.total_s long
+    track: Track  # the mixed story, exactly plan.total_s long (after the recording it continues, if included)
     options: RenderOptions  # the options used: steps, guidance and batch size filled in, the decoder recorded
+    state: StoryState  # every clip's final latents and the mix's gain: what an edit needs
 
 
 @dataclass(frozen=True)
@@ -119,27 +123,53 @@ def render_plan(
     *,
     progress: ProgressFn = no_progress,
 ) -> Rendered:
-    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s``; also return the
-    options used (what the plan saves). ``options.batch_size`` (clips denoised together; None: what suits the
-    device) changes the audio by float rounding only, and is saved like every other setting."""
-    # 1. The settings used, and how long each clip must be (its span plus the crossfade tail), and where.
+    """Render every event of ``plan`` and mix them into one track of exactly ``plan.total_s`` (plus the
+    recording it continues, when included); an edited plan replays its history. Also return the options used
+    (what the plan saves) and what an edit needs (``Rendered.state``). ``options.batch_size`` (clips denoised
+    together; None: what suits the device) changes the audio by float rounding only, and is saved like every
+    other setting."""
     options = resolve_options(options, decoder)
+    if plan.history is not None:
+        from .editing.replay import replay
+
+        wave, state = replay(decoder, plan, options, conditioner, progress=progress)
+    else:
+        wave, state = render_fresh(decoder, plan, options, conditioner, progress=progress)
+    return Rendered(Track(wave=wave, sample_rate=decoder.caps.sample_rate), options, state)
+
+
+def render_fresh(
+    decoder: Decoder,
+    plan: Plan,
+    options: RenderOptions,
+    conditioner: Conditioner,
+    *,
+    progress: ProgressFn = no_progress,
+) -> tuple[np.ndarray, StoryState]:
+    """``render_plan`` of a plan without history (``options`` resolved): the mixed wave and the state."""
+    from .editing.continuation import InputHead, load_input_head
+
+    # 1. How long each clip must be (its span plus the crossfade tail), and where; the recording it continues.
     sample_rate = decoder.caps.sample_rate
     lengths = mix.clip_samples(plan, options.crossfade_s, sample_rate)
     spans = mix.event_spans(plan, sample_rate)
     follows = {after.index: before.index for before, after in mix.joins(plan)}
+    head: InputHead | None = None
+    if plan.continue_from is not None:
+        head = load_input_head(decoder, plan, options, spans, lengths)
     # 2. Bridging and residual queries, fused into each clip's text tokens.
     texts = conditioner.condition(plan, decoder)
-    # 3. One request per event, each with its own seed, in plan.events order (clip_seed needs the index).
+    # 3. One request per event, each with its own seed, in plan.events order.
     position = {e.index: i for i, e in enumerate(plan.events)}
     requests = [
         ClipRequest(
             event=e,
             n_samples=lengths[e.index],
-            seed=clip_seed(options.seed, e.index),
+            seed=event_seed(e, options.seed),
             text=texts[e.index],
             start_sample=spans[e.index][0],
             continues=position.get(follows.get(e.index)),
+            guide=None if head is None or e.index != head.event else head.guide,
         )
         for e in plan.events
     ]
@@ -147,14 +177,34 @@ def render_plan(
     clips = decoder.render(requests, options, batch_size=options.batch_size, progress=progress)
     # 5. Crossfade, place on the timeline, control the level.
     progress(Progress("mix", 0, 1, "mixing"))
-    track = mix.compose(plan, clips, options.crossfade_s, peak_dbfs=options.peak_dbfs)
-    if options.loudness_lufs is not None:
-        wave = loudness.normalize_loudness(
-            track.wave, track.sample_rate, options.loudness_lufs, peak_dbfs=options.peak_dbfs
-        )
-        track = replace(track, wave=wave)
+    head_fades = {} if head is None or head.tail is None else {head.event: head.tail.shape[-1]}
+    raw = mix.compose_raw(plan, clips, options.crossfade_s, peak_dbfs=options.peak_dbfs, head_fades=head_fades)
+    lead = 0
+    if head is not None and head.tail is not None:  # the output starts with the recording
+        raw, lead = head.mixed_under(raw), head.lead
+    wave, gain = level(raw, sample_rate, options)
     progress(Progress("mix", 1, 1, "mixed"))
-    return Rendered(track, options)
+    state = StoryState(
+        latents={c.event.index: c.latents for c in clips},
+        origins={c.event.index: c.origin_sample for c in clips},
+        gain=gain,
+        lead_samples=lead,
+        **({} if head is None else head.state_fields()),
+    )
+    return wave, state
+
+
+def level(raw: np.ndarray, sample_rate: int, options: RenderOptions) -> tuple[np.ndarray, float]:
+    """The peak ceiling, then the loudness target when set: the wave, and the gain it amounts to (what an edit
+    applies to the samples it mixes again)."""
+    gain = mix.peak_gain(raw, options.peak_dbfs)
+    wave = mix.limit_peak(raw, options.peak_dbfs)
+    if options.loudness_lufs is not None:
+        to_target = loudness.loudness_gain(wave, sample_rate, options.loudness_lufs)
+        if to_target is not None:
+            gain *= to_target * mix.peak_gain((wave * to_target).astype(np.float32), options.peak_dbfs)
+        wave = loudness.normalize_loudness(wave, sample_rate, options.loudness_lufs, peak_dbfs=options.peak_dbfs)
+    return wave, gain
 
 
 def render_to_file(
@@ -170,11 +220,26 @@ def render_to_file(
     audio lands last, so an audio file never stands without the plan that reproduces it."""
     output, plan_path = check_story_output(output)
     done = render_plan(decoder, plan, options, conditioner, progress=progress)
-    track, rendered = done.track, plan.with_render(done.options)
+    rendered = plan.with_render(done.options)
+    return write_story(output, plan_path, done.track, rendered, done.state, progress=progress)
+
+
+def write_story(
+    output: Path, plan_path: Path, track: Track, plan: Plan, state: StoryState, *, progress: ProgressFn = no_progress,
+    on_step: Callable[[int, str], None] = lambda done, what: None,
+) -> StoryResult:  # fmt: skip
+    """Write a story's three files: the audio, its plan and its latents (``editing/latents.py``), atomically,
+    the audio last (``audio_io.write_story_files``)."""
+    from .editing.latents import latents_path_for, state_to_bytes
+
+    plan_text = plan_to_json(plan)
+    latents = (latents_path_for(plan_path), lambda audio_sha256: state_to_bytes(state, plan_text, audio_sha256))
     progress(Progress("write", 0, 1, str(output)))
-    audio_io.write_story_files(output, track.wave, track.sample_rate, plan_path, plan_to_json(rendered))
+    audio_io.write_story_files(
+        output, track.wave, track.sample_rate, plan_path, plan_text, sidecar=latents, on_step=on_step
+    )
     progress(Progress("write", 1, 1, str(output)))
-    return StoryResult(rendered, output, plan_path, track.duration_s, track.sample_rate)
+    return StoryResult(plan, output, plan_path, track.duration_s, track.sample_rate)
 
 
 def generate_story(
@@ -186,9 +251,13 @@ def generate_story(
     output: Path,
     *,
     progress: ProgressFn = no_progress,
+    continue_from: ContinueFrom | None = None,
 ) -> StoryResult:
-    """Prompt to file: plan, render, mix, write. The request's seed and the planner are recorded."""
+    """Prompt to file: plan, render, mix, write. The request's seed and the planner are recorded;
+    ``continue_from``: the recording the story continues (``editing.continuation``)."""
     check_story_output(output)
     plan = plan_story(planner, request, progress=progress)
+    if continue_from is not None:
+        plan = replace(plan, continue_from=continue_from)
     options = replace(options, seed=request.seed, planner=planner.ref)
     return render_to_file(decoder, plan, options, conditioner, output, progress=progress)

@@ -20,7 +20,9 @@ import numpy as np
 from .errors import AudiostoryError, InputError, PlanError
 from .settings import MAX_SEED, RenderOptions, options_from_dict
 
-SCHEMA_VERSION = 1  # bump when the plan JSON changes shape; older versions are rejected with a message
+SCHEMA_VERSION = 2  # bump when the plan JSON changes shape; 2 added per-event seeds, the edit history and
+# continue_from; version 1 plans still load (READABLE_VERSIONS), newer ones are rejected with a message
+READABLE_VERSIONS = (1, 2)
 MAX_TOTAL_S = 600.0  # 10 minutes: the longest story a plan may describe
 MAX_EVENTS = 64  # most events one plan may hold
 MAX_CAPTION_CHARS = 200  # a caption is one sentence of what is heard
@@ -85,6 +87,7 @@ class Event:
     duration_s: float  # how long it lasts on the timeline, seconds (crossfade tails come on top)
     tone: str = ""  # mood of this event ("tense", "calm"), may be empty
     layer: int = 0  # 0: foreground sequence; 1..3: beds mixed under it
+    seed: int | None = None  # seed of this event's clip; None: derived from the run seed (``clip_seed``)
 
     @property
     def end_s(self) -> float:
@@ -103,6 +106,8 @@ class Plan:
     render: RenderOptions | None = None  # every setting it was rendered with; filled in once rendered
     request: dict[str, Any] | None = None  # what a batch line asked for, compared when the batch resumes
     schema_version: int = SCHEMA_VERSION  # version of the JSON layout
+    history: Any = None  # editing.records.History: the events first rendered and the edits since; None: unedited
+    continue_from: Any = None  # editing.records.ContinueFrom: the recording the story continues; None: none
 
     def foreground(self) -> list[Event]:
         """Layer-0 events in timeline order: the sequence that crossfades into one another."""
@@ -148,6 +153,11 @@ ProgressFn = Callable[[Progress], None]
 
 def no_progress(_: Progress) -> None:
     """The default progress callback: says nothing."""
+
+
+def event_seed(event: Event, seed: int) -> int:
+    """Seed of an event's clip: its own saved seed (an edit's reroll), else ``clip_seed(seed, event.index)``."""
+    return clip_seed(seed, event.index) if event.seed is None else event.seed
 
 
 def clip_seed(seed: int, index: int) -> int:
@@ -228,22 +238,30 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "total_s": plan.total_s,
         "tone": plan.tone,
         "reasoning": plan.reasoning,
-        "events": [
-            {
-                "index": e.index,
-                "caption": e.caption,
-                "start_s": e.start_s,
-                "duration_s": e.duration_s,
-                "tone": e.tone,
-                "layer": e.layer,
-            }
-            for e in plan.events
-        ],
+        "events": [event_to_dict(e) for e in plan.events],
     }
     if plan.render is not None:
         data["render"] = plan.render.to_dict()
     if plan.request is not None:
         data["request"] = plan.request
+    if plan.continue_from is not None:
+        data["continue_from"] = plan.continue_from.to_dict()
+    if plan.history is not None:
+        data["history"] = plan.history.to_dict()
+    return data
+
+
+def event_to_dict(e: Event) -> dict[str, Any]:
+    data = {
+        "index": e.index,
+        "caption": e.caption,
+        "start_s": e.start_s,
+        "duration_s": e.duration_s,
+        "tone": e.tone,
+        "layer": e.layer,
+    }
+    if e.seed is not None:
+        data["seed"] = e.seed
     return data
 
 
@@ -300,24 +318,32 @@ def plan_from_dict(data: Any) -> Plan:
     float or as ``NonFinite``, huge ints, deep nesting) gives a valid ``Plan`` or a ``PlanError``."""
     if not isinstance(data, dict):
         raise PlanError(f"the plan must be a JSON object, got {_json_kind(data)}")
+    from .editing.records import continue_from_dict, history_from_dict  # they use this module's checks
+
     version = data.get("schema_version", SCHEMA_VERSION)
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
-        raise PlanError(f"schema_version = {shown(version)}: this audiostory reads version {SCHEMA_VERSION}")
-    _no_unknown(data, "", {"schema_version", "prompt", "total_s", "tone", "reasoning", "events", "render", "request"})
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise PlanError(
+            f"schema_version = {shown(version)}: this audiostory reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}",
+            hint="update audiostory (pip install -U audiostory-cli) to read newer plans",
+        )
+    fields_v1 = {"schema_version", "prompt", "total_s", "tone", "reasoning", "events", "render", "request"}
+    _no_unknown(data, "", fields_v1 if version == 1 else fields_v1 | {"history", "continue_from"})
     prompt = _text(data, "prompt", "", default="")
     total_s = _number(data, "total_s", "", f"> 0 and <= {MAX_TOTAL_S:g}")
     if not 0 < total_s <= MAX_TOTAL_S:
         raise PlanError(f"total_s = {total_s:g}: must be > 0 and <= {MAX_TOTAL_S:g}")
     raw_events = _field(data, "events", list, "")
-    if not 1 <= len(raw_events) <= MAX_EVENTS:
-        raise PlanError(f"events has {len(raw_events)} entries: must have 1 to {MAX_EVENTS}")
-    events = tuple(_event_from_dict(raw, i, total_s) for i, raw in enumerate(raw_events))
-    _check_no_overlap(events)
+    events = events_from_list(raw_events, total_s, "", seeds=version > 1)
     render = data.get("render")
     request = _field(data, "request", dict, "", default=None)
     if request is not None:
         _check_plain_json(request, "request")
+    continue_from = data.get("continue_from")
+    history = data.get("history")
     return Plan(
+        continue_from=None if continue_from is None else continue_from_dict(continue_from),
+        history=None if history is None else history_from_dict(history, events, total_s),
         prompt=prompt,
         total_s=total_s,
         events=events,
@@ -328,11 +354,23 @@ def plan_from_dict(data: Any) -> Plan:
     )
 
 
-def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
-    where = f"events[{i}]."
+def events_from_list(raw_events: Any, total_s: float, where: str, *, seeds: bool = True) -> tuple[Event, ...]:
+    """Validated events of a plan (or of its history: ``where`` prefixes the field names); ``seeds``: the
+    per-event ``seed`` field is allowed (schema 2)."""
+    if not isinstance(raw_events, list):
+        raise PlanError(f"{where}events = {shown(raw_events)}: must be a list")
+    if not 1 <= len(raw_events) <= MAX_EVENTS:
+        raise PlanError(f"{where}events has {len(raw_events)} entries: must have 1 to {MAX_EVENTS}")
+    events = tuple(_event_from_dict(raw, i, total_s, where, seeds) for i, raw in enumerate(raw_events))
+    _check_no_overlap(events)
+    return events
+
+
+def _event_from_dict(raw: Any, i: int, total_s: float, prefix: str = "", seeds: bool = True) -> Event:
+    where = f"{prefix}events[{i}]."
     if not isinstance(raw, dict):
-        raise PlanError(f"events[{i}] must be an object, got {_json_kind(raw)}")
-    _no_unknown(raw, where, {"index", "caption", "start_s", "duration_s", "tone", "layer"})
+        raise PlanError(f"{prefix}events[{i}] must be an object, got {_json_kind(raw)}")
+    _no_unknown(raw, where, {"index", "caption", "start_s", "duration_s", "tone", "layer"} | ({"seed"} if seeds else set()))
     index = _field(raw, "index", int, where, default=i)
     if index != i:
         raise PlanError(f"{where}index = {shown(index)}: must be {i} (events are listed in index order)")
@@ -354,7 +392,10 @@ def _event_from_dict(raw: Any, i: int, total_s: float) -> Event:
     if not 0 <= layer <= MAX_LAYER:
         raise PlanError(f"{where}layer = {shown(layer)}: must be between 0 and {MAX_LAYER}")
     tone = _text(raw, "tone", where, default="")
-    return Event(index=i, caption=caption, start_s=start_s, duration_s=duration_s, tone=tone, layer=layer)
+    seed = _field(raw, "seed", int, where, default=None)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise PlanError(f"{where}seed = {shown(seed)}: must be an integer between 0 and {MAX_SEED}")
+    return Event(index=i, caption=caption, start_s=start_s, duration_s=duration_s, tone=tone, layer=layer, seed=seed)
 
 
 def _check_events(events: tuple[Event, ...], total_s: float) -> None:

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from .. import audio_io
 from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+from ..editing.continuation import continue_from, told_prompt
+from ..editing.records import ContinueFrom
 from ..errors import AudiostoryError, InputError
-from ..pipeline import StoryResult, plan_path_for, plan_story, render_plan
+from ..pipeline import StoryResult, plan_path_for, plan_story, render_plan, write_story
 from ..run_setup import Notify, check_output_folder, resolve_hardware, story_request
 from ..settings import RenderOptions
-from ..story import Plan, Progress, ProgressFn, no_progress, plan_to_json
+from ..story import Plan, Progress, ProgressFn, no_progress
 from . import resume
 from .manifest import ManifestWriter, Record, manifest_path, now_utc
 from .prompts import BatchItem, safe_output_name
@@ -59,6 +61,7 @@ class StoryTask:
     tone: str | None  # the line's tone, if any
     request: dict  # what the plan records and a resumed run compares (resume.request_record)
     problem: str | None = None  # why the line cannot run; it is reported as failed
+    continue_from: ContinueFrom | None = None  # the recording the story continues, read and hashed
 
 
 @dataclass(frozen=True)
@@ -111,19 +114,23 @@ def make_tasks(items: Sequence[BatchItem], settings: BatchSettings) -> list[Stor
     for index, item in enumerate(items):
         total_s = item.duration_s if item.duration_s is not None else settings.default_duration_s
         seed = item.seed if item.seed is not None else settings.options.seed
-        problem, output, request = item.problem, None, {}
+        problem, output, request, recording = item.problem, None, {}, None
         if problem is None:
             try:
                 output = safe_output_name(item, index, settings.extension, settings.outdir)
                 audio_io.check_extension(Path(output).suffix)
+                extra: dict[str, Any] = {"planner_model": settings.planner_model} if settings.planner_model else {}
+                if item.continue_from is not None:
+                    recording = continue_from(item.continue_from, item.include_input)
+                    extra["continue_from"] = recording.to_dict()
                 request = resume.request_record(
                     prompt=item.prompt, duration_s=total_s, seed=seed, tone=item.tone,
                     max_events=settings.max_events, render=_request_render(replace(settings.options, seed=seed)),
-                    **({"planner_model": settings.planner_model} if settings.planner_model else {}),
+                    **extra,
                 )  # fmt: skip
             except AudiostoryError as err:
                 problem = str(err)
-        tasks.append(StoryTask(item.line, item.prompt, output, total_s, seed, item.tone, request, problem))
+        tasks.append(StoryTask(item.line, item.prompt, output, total_s, seed, item.tone, request, problem, recording))
     resume.check_unique_outputs([(t.line, t.output) for t in tasks if t.output is not None])
     return tasks
 
@@ -142,8 +149,9 @@ def _request_render(options: RenderOptions) -> dict:
 
 def plan_task(models: BatchModels, task: StoryTask, settings: BatchSettings, progress: ProgressFn) -> Plan:
     """Step 1 of a story: the plan (the planner's LLM only)."""
+    prompt = task.prompt if task.continue_from is None else told_prompt(task.prompt, task.continue_from)
     request = story_request(
-        task.prompt, task.total_s, seed=task.seed, tone=task.tone, max_events=settings.max_events,
+        prompt, task.total_s, seed=task.seed, tone=task.tone, max_events=settings.max_events,
         window_s=models.decoder.caps.window_s, crossfade_s=settings.options.crossfade_s,
     )  # fmt: skip
     return plan_story(models.planner, request, progress=progress)
@@ -155,14 +163,13 @@ def render_task(
     """Step 2 of a story: render, mix, then commit audio and plan (with its request) as a pair."""
     output = settings.outdir / task.output
     options = replace(settings.options, seed=task.seed, planner=models.planner.ref)
+    plan = plan if task.continue_from is None else replace(plan, continue_from=task.continue_from)
     done = render_plan(models.decoder, plan, options, models.conditioner, progress=progress)
-    track, rendered = done.track, replace(plan.with_render(done.options), request=task.request)
-    plan_path = plan_path_for(output)
-    audio_io.write_story_files(
-        output, track.wave, track.sample_rate, plan_path, plan_to_json(rendered),
+    rendered = replace(plan.with_render(done.options), request=task.request)
+    return write_story(
+        output, plan_path_for(output), done.track, rendered, done.state,
         on_step=lambda done, what: progress(Progress("write", done, audio_io.STORY_WRITE_STEPS, what)),
     )  # fmt: skip
-    return StoryResult(rendered, output, plan_path, track.duration_s, track.sample_rate)
 
 
 STORY_ERRORS = (AudiostoryError, OSError)  # what fails one story and not the batch: a user error, or the file

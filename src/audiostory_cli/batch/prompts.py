@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -37,9 +37,11 @@ class BatchItem:
     output: str | None = None  # file name inside the output folder; None: derived from the prompt
     tone: str | None = None  # per-prompt tone
     problem: str | None = None  # why the line cannot be used (no "line N: " in front); reported as failed
+    continue_from: str | None = None  # a recording the story continues (relative: to the prompts file's folder)
+    include_input: bool = True  # with continue_from: the output starts with the recording
 
 
-_ITEM_FIELDS = {"prompt", "duration", "seed", "output", "tone"}
+_ITEM_FIELDS = {"prompt", "duration", "seed", "output", "tone", "continue_from", "include_input"}
 
 
 def read_prompts_file(path: Path) -> list[BatchItem]:
@@ -73,7 +75,10 @@ def read_prompts_file(path: Path) -> list[BatchItem]:
         if not text or text.startswith("#"):
             continue
         json_lines = json_lines or (not items and text.startswith("{"))
-        items.append(_parse_prompt_line(text, number, json_lines))
+        item = _parse_prompt_line(text, number, json_lines)
+        if item.continue_from is not None and item.problem is None:
+            item = replace(item, continue_from=str(path.parent / Path(item.continue_from).expanduser()))
+        items.append(item)
     if not items:
         raise InputError(f"prompts file {path} has no prompts", hint="write one prompt per line")
     return items
@@ -103,6 +108,8 @@ def _parse_prompt_line(text: str, number: int, json_lines: bool = False) -> Batc
             seed=data.get("seed"),
             output=data.get("output"),
             tone=data.get("tone"),
+            continue_from=data.get("continue_from"),
+            include_input=data.get("include_input", True),
         )
     )
 
@@ -118,6 +125,8 @@ def _json_item_problem(data: dict) -> str | None:
         "seed": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
         "output": lambda v: v is None or isinstance(v, str),
         "tone": lambda v: v is None or isinstance(v, str),
+        "continue_from": lambda v: v is None or isinstance(v, str),
+        "include_input": lambda v: isinstance(v, bool),
     }
     if "prompt" not in data:
         return "prompt is missing"
@@ -126,6 +135,7 @@ def _json_item_problem(data: dict) -> str | None:
             kind = {
                 "duration": f"a number of seconds > 0 and <= {MAX_TOTAL_S:g}",
                 "seed": f"an integer between 0 and {MAX_SEED}",
+                "include_input": "true or false",
             }.get(name, "a string")
             return f"{name} = {shown(data[name])}: must be {kind}"
     return None
@@ -146,10 +156,12 @@ def _checked(item: BatchItem) -> BatchItem:
                 raise InputError(f"tone has {len(item.tone)} characters: must have at most {MAX_CAPTION_CHARS}")
         if item.output is not None:
             check_text(item.output, "output")
+        if item.continue_from is not None:
+            check_text(item.continue_from, "continue_from")
     except InputError as err:
         return BatchItem(line=item.line, prompt=_printable(item.prompt), problem=str(err))
     duration = None if item.duration_s is None else float(item.duration_s)
-    return BatchItem(item.line, item.prompt, duration, item.seed, item.output, item.tone)
+    return replace(item, duration_s=duration)
 
 
 def _printable(prompt: str) -> str:

@@ -141,10 +141,17 @@ def generate(
     plot: PlotOpt = False,
     timeline: TimelineOpt = None,
     gaps: GapsOpt = "silence",
+    continue_from: Annotated[Optional[Path], typer.Option("--continue-from", metavar="INPUT", help="Begin the story "
+                             "as the continuation of this recording (any audio file; mono or stereo): its end is "
+                             "encoded by the decoder's VAE and the first clip continues it. The planner is told.")] = None,
+    include_input: Annotated[bool, typer.Option("--include-input/--no-include-input", help="With --continue-from: "
+                             "the output starts with the recording, crossfading into the story; or the story "
+                             "alone.")] = True,
     ctx: typer.Context = None,
 ) -> None:
     """Plan a story with the LLM and render it to one audio file. With --timeline, the planner writes the sound
-    of each timed cue, at the cue's times (PROMPT says what the video or story is)."""
+    of each timed cue, at the cue's times (PROMPT says what the video or story is). With --continue-from, the
+    story continues a recording."""
     from ..pipeline import generate_story, longest_event_s, plan_story
     from ..run_setup import setup_run
 
@@ -156,6 +163,9 @@ def generate(
     if timeline is not None and model is not None:  # seen before any model loads
         raise typer.BadParameter("the AudioStory checkpoint plans only prompts: a timeline's slots need a JSON "
                                  "planner (--planner, with --decoder)", param_hint="'--model'")  # fmt: skip
+    if timeline is not None and continue_from is not None:
+        raise typer.BadParameter("a timeline places its cues itself: --continue-from needs a story that starts at "
+                                 "0 s", param_hint="'--continue-from'")  # fmt: skip
     if timeline is not None and max_events is not None:
         raise typer.BadParameter("with --timeline each cue is one event (and a background may run under them): "
                                  "there is no number of events to choose", param_hint="'--max-events'")  # fmt: skip
@@ -167,6 +177,12 @@ def generate(
         duration_given = timeline is not None and _given(ctx, "duration")
         if timeline is not None:
             timeline = _read_timeline_for(timeline, duration if duration_given else None)  # before any model loads
+        recording = None
+        if continue_from is not None:  # read and checked before any model loads
+            from ..editing.continuation import continue_from as read_continue_from, told_prompt
+
+            recording = read_continue_from(continue_from, include_input)
+            prompt = told_prompt(prompt, recording)
         setup = setup_run(given, output=output, device=device, dtype=dtype, dry_run=dry_run, notify=_notify)
         models = _load_models(setup, need_decoder=not dry_run, planner_model=planner_model,
                               planner_engine=planner_engine)  # fmt: skip
@@ -188,7 +204,7 @@ def generate(
             return
         with ProgressView() as view:
             result = generate_story(models.planner, models.decoder, request, setup.options, models.conditioner,
-                                    setup.output, progress=view)  # fmt: skip
+                                    setup.output, progress=view, continue_from=recording)  # fmt: skip
         show_plan(result.plan)
         if plot:
             _plot_beside(result.plan, result.audio_path, over_audio=True)

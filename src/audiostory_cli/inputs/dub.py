@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import audio_io
 from ..errors import InputError
-from ..pipeline import StoryResult, check_story_output, plan_path_for, render_plan
+from ..pipeline import StoryResult, check_story_output, plan_path_for, render_plan, write_story
 from ..settings import RenderOptions
 from ..story import Plan, Progress, ProgressFn, no_progress, plan_to_json
 from .timelines import Cue, Timeline, clock
@@ -84,7 +84,7 @@ def write_dub(
     # 3. Write: the audio alone, or the video (its plan lands just before it).
     progress(Progress("write", 0, 1, str(output)))
     if audio_only:
-        audio_io.write_story_files(output, track.wave, track.sample_rate, plan_path, plan_text)
+        return write_story(output, plan_path, track, rendered, made.state, progress=progress)
     else:
         mux(info, track.wave, track.sample_rate, output, mix_original_db=mix_original_db,
             before_rename=lambda: audio_io.write_text_atomic(plan_path, plan_text))  # fmt: skip

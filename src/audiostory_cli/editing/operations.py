@@ -1,0 +1,313 @@
+"""The edits, on a rendered story held in memory: ``apply_change(plan, track, state, change) -> (plan, track,
+state)``. ``render`` replays a plan's history through the same function, so an edited file and its replay are
+the same samples.
+
+One mechanism serves every edit. A clip is rendered again with a ``LatentGuide``: its latent grid laid where it
+was, some frames *pinned* to known latents, the rest denoised from its seed:
+
+- ``--event N``: N's head pinned to the previous clip's frames (it continues it, as in a full render), the rest
+  new; ``--vary N``: the same, every frame starting from N's current latents noised to the strength;
+- ``--inpaint A:B``: every clip reaching into the range, pinned everywhere but on the frames inside it;
+- ``extend``: each new clip continues the one before it (the first, the story's last foreground clip);
+- and after any of them, a clip that continues a changed one gets its head pinned to the new frames, then
+  ``BAND_S`` of free frames, then its own old latents pinned: inpainting, so both joins stay seamless.
+
+Then only the samples that changed are mixed again and spliced into the old track (``splice.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import mix
+from ..decoders.base import ClipRequest, LatentGuide
+from ..decoders.geometry import continuation_head
+from ..errors import InputError
+from ..settings import MAX_SEED, RenderOptions
+from ..story import Event, Plan, Progress, ProgressFn, clip_seed, event_seed, no_progress
+from .latents import StoryState
+from .records import Change, EventEdit, Extend, Inpaint, Vary, apply_to_events, check_event_edit, check_extend
+from .records import check_event_number, check_inpaint, check_strength, moves
+from .splice import Shift, merge, splice
+
+if TYPE_CHECKING:
+    from ..conditioning.base import Conditioner
+    from ..decoders.base import Decoder
+
+BAND_S = 1.0  # free frames after a pinned head when a clip's head is made to continue a changed clip
+INPUT = -1  # the continued recording's key among the clips of ``mix.placements`` (its tail under clip 1's head)
+
+
+@dataclass(frozen=True)
+class Edited:
+    """A story after an edit: the plan, its samples and what the next edit needs."""
+
+    plan: Plan  # with the change applied to events/total_s (the caller records it in the history)
+    track: np.ndarray  # float32 [C, samples]: the whole file (the continued recording first, when included)
+    state: StoryState
+    change: Change  # the change with its seed (and snapped duration) resolved, as the history records it
+
+
+def fresh_seed() -> int:
+    """A seed for ``--reroll`` and for edits given none: drawn, then printed and recorded."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def resolve(change: Change, plan: Plan, decoder: Decoder) -> Change:
+    """``change`` checked against ``plan``, its seed drawn where none was given, its duration snapped to whole
+    latent frames of the decoder (what follows then moves by whole frames, so its clips stay as they were)."""
+    events, total_s = plan.events, plan.total_s
+    if isinstance(change, Extend):
+        check_extend(change, events, total_s)
+        return change
+    if isinstance(change, Inpaint):
+        check_inpaint(change, total_s)
+        return change if change.seed is not None else replace(change, seed=fresh_seed())
+    check_event_number(change.event, events)
+    if isinstance(change, Vary):
+        check_strength(change.strength)
+        return change if change.seed is not None else replace(change, seed=fresh_seed())
+    check_event_edit(change, events, total_s)
+    if change.duration_s is None:
+        return change
+    return replace(change, duration_s=snapped_duration(events[change.event], change.duration_s, decoder))
+
+
+def snapped_duration(event: Event, duration_s: float, decoder: Decoder) -> float:
+    """``duration_s`` moved to the nearest duration that changes the event's end by whole latent frames."""
+    sr, hop = decoder.caps.sample_rate, decoder.caps.hop_samples
+    frames = round((duration_s - event.duration_s) * sr / hop)
+    if frames == 0:
+        raise InputError(
+            f"duration {duration_s:g} s is within half a latent frame ({hop / sr * 1000:.0f} ms) of event "
+            f"{event.index + 1}'s {event.duration_s:g} s: nothing would change",
+            hint="give a duration that differs more",
+        )
+    snapped = event.duration_s + frames * hop / sr
+    if snapped <= 0:
+        raise InputError(f"duration = {duration_s:g} s: must be > 0 seconds")
+    return snapped
+
+
+def apply_change(
+    decoder: Decoder,
+    conditioner: Conditioner,
+    plan: Plan,
+    track: np.ndarray,
+    state: StoryState,
+    change: Change,
+    options: RenderOptions,
+    *,
+    progress: ProgressFn = no_progress,
+) -> Edited:
+    """Apply one (resolved) change to a rendered story: render the clips it touches, splice what changed."""
+    caps = decoder.caps
+    sr, hop = caps.sample_rate, caps.hop_samples
+    cf = options.crossfade_s
+    events, total_s = apply_to_events(plan.events, plan.total_s, change)
+    after = replace(plan, events=events, total_s=total_s)
+    spans_b, spans_a = mix.event_spans(plan, sr), mix.event_spans(after, sr)
+    lengths_b, lengths_a = mix.clip_samples(plan, cf, sr), mix.clip_samples(after, cf, sr)
+    follows = {b.index: a.index for a, b in mix.joins(after)} if options.continuation else {}
+    followers = {v: k for k, v in follows.items()}
+
+    # 1. Where each old clip now lies (a --duration edit moves what follows by whole frames).
+    delta, moved = 0, set()
+    if isinstance(change, EventEdit) and change.duration_s is not None:
+        target = plan.events[change.event]
+        delta = spans_a[target.index][1] - spans_b[target.index][1]
+        moved = {e.index for e in plan.events if moves(e, target)}
+        if delta % hop:
+            raise AssertionError(f"a duration edit moved what follows by {delta} samples, not whole frames of {hop}")
+    origins = {i: o + (delta if i in moved else 0) for i, o in state.origins.items()}
+    latents = dict(state.latents)
+
+    # 2. The clips the change renders, each with its guide, in timeline order; then their followers.
+    texts = conditioner.condition(after, decoder)
+    work = _targets(change, plan, after, spans_a, lengths_a, sr)
+    rendered: dict[int, np.ndarray] = {}  # event index -> its new wave
+    fully_new: set[int] = set()
+    queue = sorted(work, key=lambda i: (spans_a[i][0], i))
+    done = 0
+    while queue:
+        index = queue.pop(0)
+        kind = work[index]
+        event = after.events[index]
+        start, n = spans_a[index][0], lengths_a[index]
+        head = _head(decoder, index, follows, start, origins, latents, spans_a, lengths_a, state)
+        origin = start if head is None else head[0]
+        guide = _guide(kind, change, index, head, origin, origins.get(index), latents.get(index), start, n, hop, sr)
+        if guide is None and kind == "follow":  # a follower whose head is what it was: nothing to do
+            continue
+        seed = clip_seed(change.seed, index) if isinstance(change, Inpaint) else event_seed(event, options.seed)
+        if isinstance(change, Vary) and index == change.event:
+            seed = change.seed
+        text = texts[index]
+        if isinstance(change, Inpaint) and change.caption is not None and kind == "inpaint":
+            text = decoder.encode_text(change.caption)
+        done += 1
+        progress(Progress("render", done - 1, done + len(queue), f"event {index + 1} ({kind})"))
+        request = ClipRequest(event=event, n_samples=n, seed=seed, text=text, start_sample=start, guide=guide)
+        clip = decoder.render([request], options, batch_size=1, progress=progress)[0]
+        latents[index], origins[index] = clip.latents, clip.origin_sample
+        rendered[index] = clip.wave
+        if kind in ("new", "vary"):
+            fully_new.add(index)
+        follower = followers.get(index)
+        if follower is not None and follower not in work:
+            work[follower] = "follow"
+            queue.append(follower)
+            queue.sort(key=lambda i: (spans_a[i][0], i))
+    progress(Progress("render", done, done, "done"))
+
+    # 3. Where the samples changed: a clip's wave or its fades (a duration edit changes the joins' fades).
+    progress(Progress("mix", 0, 1, "splicing the edit into the story"))
+    placed_b = mix.placements(plan, cf, sr)
+    placed_a = mix.placements(after, cf, sr)
+    head_fades = _input_fade(after, state, cf, sr)
+    if head_fades:
+        placed_a = mix.placements(after, cf, sr, head_fades)
+        placed_b = mix.placements(plan, cf, sr, _input_fade(plan, state, cf, sr))
+    waves: dict[int, np.ndarray] = dict(rendered)
+
+    def wave_of(index: int) -> np.ndarray:
+        if index not in waves:
+            waves[index] = decoder.decode_latents(latents[index], spans_a[index][0] - origins[index], lengths_a[index])
+        return waves[index]
+
+    dirty: list[tuple[int, int]] = []
+    for e in after.events:
+        i = e.index
+        start, gain = placed_a[i]
+        if i >= len(plan.events) or i in fully_new:
+            dirty.append((start, start + len(gain)))
+            if i < len(plan.events):  # the old clip's extent too (a shorter event leaves its old tail)
+                old_start = placed_b[i][0]
+                dirty.append((old_start, old_start + len(placed_b[i][1])))
+            continue
+        old_start, old_gain = placed_b[i]
+        old_start += delta if i in moved else 0
+        if i not in rendered and old_start == start and np.array_equal(old_gain, gain):
+            continue
+        old_wave = decoder.decode_latents(state.latents[i], spans_b[i][0] - state.origins[i], lengths_b[i])
+        span = _contribution_change(old_wave * old_gain, old_start, wave_of(i) * gain, start)
+        if span is not None:
+            dirty.append(span)
+    story_len = mix.to_samples(after.total_s, sr)
+    lead = state.lead_samples
+    if head_fades:  # the recording's faded tail under clip 1: a clip of its own in the mix
+        placed_a[INPUT] = (0, _input_gain(head_fades, after))
+        waves[INPUT] = state.input_tail
+    needed = {i for i, (s, g) in placed_a.items() if any(s < b and a < s + len(g) for a, b in merge(dirty, story_len))}
+    for i in needed - set(waves):
+        wave_of(i)
+    story_old = track[:, lead:]
+    shift = Shift(at=spans_a[change.event][1], delta=delta) if delta else None
+    story_new = splice(
+        story_old, story_len, dirty, placed_a, waves, gain=state.gain, peak_dbfs=options.peak_dbfs,
+        sample_rate=sr, shift=shift,
+    )  # fmt: skip
+    new_track = np.concatenate([track[:, :lead], story_new], axis=1) if lead else story_new
+    progress(Progress("mix", 1, 1, "spliced"))
+    new_state = replace(state, latents=latents, origins=origins)
+    return Edited(plan=after, track=new_track, state=new_state, change=change)
+
+
+def _targets(change: Change, before: Plan, after: Plan, spans, lengths, sr: int) -> dict[int, str]:
+    """The clips a change renders itself (not counting followers): index -> "new", "vary" or "inpaint"."""
+    if isinstance(change, Extend):
+        return {e.index: "new" for e in change.events}
+    if isinstance(change, EventEdit):
+        return {change.event: "new"}
+    if isinstance(change, Vary):
+        return {change.event: "vary"}
+    a, b = mix.to_samples(change.start_s, sr), mix.to_samples(change.end_s, sr)
+    return {i: "inpaint" for i, (start, _) in spans.items() if start < b and a < start + lengths[i]}
+
+
+def _head(decoder, index, follows, start, origins, latents, spans, lengths, state):
+    """``(origin, head latents)`` of a clip that continues another (its grid on the other's), or None."""
+    caps = decoder.caps
+    if index in follows:
+        prev = follows[index]
+        prev_origin, prev_latents = origins[prev], latents[prev]
+        prev_end = spans[prev][0] + lengths[prev]
+    elif state.head is not None and index == state.head_event:
+        prev_origin, prev_latents, prev_end = state.head_origin, state.head, state.head_end
+    else:
+        return None
+    found = continuation_head(
+        start, prev_origin, prev_end, prev_latents.shape[0], hop=caps.hop_samples,
+        frame_multiple=caps.frame_multiple, round_end_up=caps.round_head_end_up,
+    )  # fmt: skip
+    if found is None:
+        return None
+    first, end = found
+    end = min(end, prev_latents.shape[0])
+    return prev_origin + first * caps.hop_samples, prev_latents[first:end]
+
+
+def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr) -> LatentGuide | None:
+    """The guide of one clip to render; None: a new clip with nothing known (rendered as a fresh one), or a
+    follower that need not change."""
+    frames = math.ceil((start - origin + n) / hop) + 64  # more than any grid needs; the decoder ignores the rest
+    if kind == "new" and head is None:
+        return None
+    channels = old.shape[1] if old is not None else head[1].shape[1]
+    known = np.zeros((frames, channels), dtype=np.float32)
+    pinned = np.zeros(frames, dtype=bool)
+    strength = 1.0
+    if kind in ("vary", "inpaint", "follow"):
+        if old is None or old_origin != origin:
+            raise AssertionError(f"event {index + 1}: its grid moved ({old_origin} -> {origin}) where it must not")
+        k = min(frames, old.shape[0])
+        known[:k] = old[:k]
+    if kind == "vary":
+        strength = change.strength
+    elif kind == "inpaint":
+        a, b = mix.to_samples(change.start_s, sr), mix.to_samples(change.end_s, sr)
+        first, stop = max(0, (a - origin) // hop), max(0, -(-(b - origin) // hop))
+        pinned[: old.shape[0]] = True
+        pinned[first:stop] = False
+    elif kind == "follow":
+        h = head[1].shape[0] if head is not None else 0
+        if head is not None and np.array_equal(old[:h], head[1]):
+            return None
+        band = math.ceil(BAND_S * sr / hop)
+        pinned[: old.shape[0]] = True
+        pinned[h : h + band] = False
+    if head is not None:
+        h = head[1].shape[0]
+        known[:h] = head[1]
+        pinned[:h] = True
+    return LatentGuide(origin_sample=origin, latents=known, pinned=pinned, strength=strength)
+
+
+def _contribution_change(old: np.ndarray, old_start: int, new: np.ndarray, new_start: int) -> tuple[int, int] | None:
+    """The timeline range where a clip's faded samples differ (exactly) between before and after."""
+    first, stop = min(old_start, new_start), max(old_start + old.shape[-1], new_start + new.shape[-1])
+    a = np.zeros((old.shape[0], stop - first))
+    b = np.zeros_like(a)
+    a[:, old_start - first : old_start - first + old.shape[-1]] = old
+    b[:, new_start - first : new_start - first + new.shape[-1]] = new
+    differs = np.flatnonzero(np.any(a != b, axis=0))
+    if differs.size == 0:
+        return None
+    return first + int(differs[0]), first + int(differs[-1]) + 1
+
+
+def _input_fade(plan: Plan, state: StoryState, cf: float, sr: int) -> dict[int, int]:
+    """The fade-in of the clip that crossfades with the continued recording's tail, when the file includes it."""
+    if state.input_tail is None or state.head_event is None:
+        return {}
+    return {state.head_event: state.input_tail.shape[-1]}
+
+
+def _input_gain(head_fades: dict[int, int], plan: Plan) -> np.ndarray:
+    fade = next(iter(head_fades.values()))
+    return np.cos(np.pi / 2 * (np.arange(fade, dtype=np.float64) + 0.5) / max(fade, 1))
