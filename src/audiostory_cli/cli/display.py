@@ -59,7 +59,7 @@ class ProgressView:
     """Draws ``story.Progress`` reports as rich bars on stderr: planning, clips, denoising steps."""
 
     _LABELS = {"load": "loading", "plan": "planning", "render": "clips", "step": "denoising", "mix": "mixing",
-               "write": "writing"}  # fmt: skip
+               "write": "writing", "replay": "replaying edits"}  # fmt: skip
 
     def __init__(self) -> None:
         self.bars = RichProgress(

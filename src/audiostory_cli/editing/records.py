@@ -224,7 +224,7 @@ def change_from_dict(raw: Any, where: str, events: tuple[Event, ...], total_s: f
         if op == "inpaint":
             start = _number(raw, "start_s", where, ">= 0")
             end = _number(raw, "end_s", where, "> start_s")
-            caption = _text(raw, "caption", where, default=None)
+            caption = _optional_text(raw, "caption", where)
             change = Inpaint(start_s=start, end_s=end, caption=caption, seed=seed)
             check_inpaint(change, total_s)
             return change
@@ -235,11 +235,15 @@ def change_from_dict(raw: Any, where: str, events: tuple[Event, ...], total_s: f
             check_strength(change.strength)
             return change
         duration = None if raw.get("duration_s") is None else _number(raw, "duration_s", where, "> 0")
-        change = EventEdit(event=event, caption=_text(raw, "caption", where, default=None), duration_s=duration, seed=seed)
+        change = EventEdit(event=event, caption=_optional_text(raw, "caption", where), duration_s=duration, seed=seed)
         check_event_edit(change, events, total_s)
         return change
     except InputError as err:
         raise PlanError(f"{where}{err}") from None
+
+
+def _optional_text(raw: dict, name: str, where: str) -> str | None:
+    return None if raw.get(name) is None else _text(raw, name, where)
 
 
 def continue_from_dict(raw: Any) -> ContinueFrom:
