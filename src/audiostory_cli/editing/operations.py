@@ -262,24 +262,29 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
     known = np.zeros((frames, channels), dtype=np.float32)
     pinned = np.zeros(frames, dtype=bool)
     strength = 1.0
+    covered = 0  # frames of the new grid the old latents cover
     if kind in ("vary", "inpaint", "follow"):
-        if old is None or old_origin != origin:
-            raise AssertionError(f"event {index + 1}: its grid moved ({old_origin} -> {origin}) where it must not")
-        k = min(frames, old.shape[0])
-        known[:k] = old[:k]
+        if old is None or (old_origin - origin) % hop:
+            raise AssertionError(f"event {index + 1}: its grid moved off its frames ({old_origin} -> {origin})")
+        # A follower of a --duration edit on SAME-S lays its grid on whole attention chunks of the edited
+        # clip's: its old frames land ``m`` frames further on (the same latents; its decode is new).
+        m = (old_origin - origin) // hop
+        src = old[max(0, -m) :][: max(0, frames - max(0, m))]
+        known[max(0, m) : max(0, m) + len(src)] = src
+        covered = max(0, m) + len(src)
+        if kind == "follow" and head is not None and m == 0 and np.array_equal(old[: head[1].shape[0]], head[1]):
+            return None  # its head is what it was: nothing to do
     if kind == "vary":
         strength = change.strength
     elif kind == "inpaint":
         a, b = mix.to_samples(change.start_s, sr), mix.to_samples(change.end_s, sr)
         first, stop = max(0, (a - origin) // hop), max(0, -(-(b - origin) // hop))
-        pinned[: old.shape[0]] = True
+        pinned[:covered] = True
         pinned[first:stop] = False
     elif kind == "follow":
         h = head[1].shape[0] if head is not None else 0
-        if head is not None and np.array_equal(old[:h], head[1]):
-            return None
         band = math.ceil(BAND_S * sr / hop)
-        pinned[: old.shape[0]] = True
+        pinned[:covered] = True
         pinned[h : h + band] = False
     if head is not None:
         h = head[1].shape[0]

@@ -298,11 +298,12 @@ def check_event_edit(change: EventEdit, events: tuple[Event, ...], total_s: floa
             raise InputError(f"duration = {shown(change.duration_s)}: must be > 0 seconds")
         if total_s + delta > MAX_TOTAL_S:
             raise InputError(f"duration = {change.duration_s:g} s makes the story {total_s + delta:g} s: at most {MAX_TOTAL_S:g}")
-        for other in events:  # an event on another layer that spans the edited event's end would be cut apart
-            if other.layer != target.layer and other.start_s < target.end_s - 1e-9 < other.end_s - 2e-9:
+        new_end = target.start_s + min(change.duration_s, target.duration_s)
+        for other in events:  # what stays (starts before the end) must end before what moves begins
+            if other.index != target.index and not moves(other, target) and other.end_s > new_end + 1e-9:
                 raise InputError(
                     f"--duration moves what follows event {change.event + 1}, but event {other.index + 1} "
-                    f"(layer {other.layer}) spans its end",
+                    f"(layer {other.layer}) runs across its end",
                     hint="change the durations in the plan file by hand and render it",
                 )
 

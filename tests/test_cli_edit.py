@@ -1,0 +1,108 @@
+"""``audiostory edit``, ``extend`` and ``generate --continue-from`` on the command line: bad input is refused
+with one line before any model loads (the plan names a decoder that does not exist, so a message about it
+would mean a model was being loaded), and one real edit end to end on the tiny Stable Audio 3 Small."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from audiostory_cli import audio_io
+from audiostory_cli.cli import app
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def rendered_plan(tmp_path) -> Path:
+    """A plan that says it was rendered, by a decoder that is not on this machine."""
+    plan = json.loads(Path("examples/plan.json").read_text())
+    plan["render"] = {"seed": 0, "steps": 2, "decoder": str(tmp_path / "no-such-decoder")}
+    path = tmp_path / "story.plan.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--event", "9", "--reroll"], 1, "event 9: the story has events 1 to 5"),
+        (["--event", "2"], 2, "nothing to change"),
+        (["--event", "2", "--reroll", "--seed", "3"], 2, "not both"),
+        (["--vary", "2"], 2, "--vary needs --strength"),
+        (["--vary", "2", "--strength", "0"], 1, "strength = 0"),
+        (["--vary", "2", "--strength", "1.5"], 1, "strength = 1.5"),
+        (["--event", "2", "--strength", "0.5", "--reroll"], 2, "--strength goes with --vary"),
+        (["--inpaint", "5"], 2, "START:END"),
+        (["--inpaint", "9:3"], 2, "START:END"),
+        (["--inpaint", "20:99"], 1, "must be START:END with 0 <= START < END <= 24"),
+        (["--inpaint", "nan:3"], 2, "START:END"),
+        (["--event", "1", "--vary", "2", "--strength", "0.5"], 2, "exactly one"),
+        ([], 2, "exactly one"),
+        (["--event", "1", "--duration", "-3"], 2, "> 0"),
+        (["--event", "1", "--caption", ""], 1, "caption has 0 characters"),
+    ],
+)
+def test_bad_edits_are_refused_before_any_model_loads(run, rendered_plan, tmp_path, args, code, message):
+    result = run("edit", rendered_plan, "-o", tmp_path / "out.wav", *args)
+    assert result.exit_code == code, result.output
+    assert message in result.output and "no-such-decoder" not in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out.wav").exists()
+
+
+def test_edit_refuses_to_overwrite_the_story_and_an_unrendered_plan(run, rendered_plan, tmp_path):
+    (tmp_path / "story.wav").write_bytes(b"")
+    result = run("edit", rendered_plan, "-o", tmp_path / "story.wav", "--event", "1", "--reroll")
+    assert result.exit_code == 1 and "would overwrite the story being edited" in result.output
+    result = run("edit", "examples/plan.json", "-o", tmp_path / "x.wav", "--event", "1", "--reroll")
+    assert result.exit_code == 1 and "has not been rendered" in result.output
+
+
+def test_continue_from_bad_recordings_are_one_line(run, tmp_path):
+    silent = tmp_path / "silent.wav"
+    audio_io.write_audio(silent, np.zeros((2, 44100), np.float32), 44100)
+    short = tmp_path / "short.wav"
+    audio_io.write_audio(short, 0.1 * np.ones((2, 100), np.float32), 44100)
+    six = tmp_path / "six.wav"
+    import soundfile
+
+    soundfile.write(six, 0.1 * np.ones((44100, 6), np.float32), 44100)
+    (tmp_path / "text.wav").write_text("not audio")
+    cases = [(silent, "silent"), (six, "has 6 channels"), (tmp_path / "text.wav", "not a readable audio file"),
+             (tmp_path / "missing.wav", "no such file"), (tmp_path, "is a folder")]  # fmt: skip
+    for path, message in cases:
+        result = run("generate", "then the storm passes", "--continue-from", path, "-o", tmp_path / "o.wav",
+                     "--decoder", tmp_path / "no-such-decoder", "--planner", tmp_path / "no-such-planner")  # fmt: skip
+        assert result.exit_code == 1 and message in result.output, (path, result.output)
+        assert "no-such" not in result.output
+
+
+def test_edit_then_render_on_the_command_line(run, tiny_sa3_small, tmp_path):
+    plan = json.loads(Path("examples/plan.json").read_text())
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    story = tmp_path / "story.wav"
+    assert run("render", tmp_path / "plan.json", "--decoder", tiny_sa3_small, "--steps", "2", "--device", "cpu",
+               "-o", story).exit_code == 0  # fmt: skip
+    result = run("edit", tmp_path / "story.plan.json", "--event", "3", "--reroll", "-o", tmp_path / "v2.wav",
+                 "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "event 3: seed" in result.output
+    again = run("render", tmp_path / "v2.plan.json", "-o", tmp_path / "again.wav", "--device", "cpu")
+    assert again.exit_code == 0, again.output
+    a, b = audio_io.read_audio(tmp_path / "v2.wav")[0], audio_io.read_audio(tmp_path / "again.wav")[0]
+    assert np.array_equal(a, b)
+    old = audio_io.read_audio(story)[0]
+    start = round(14.0 * 44100)  # event 3 starts at 14 s: everything before it is the old file's
+    assert np.array_equal(a[:, :start], old[:, :start]) and not np.array_equal(a, old)
