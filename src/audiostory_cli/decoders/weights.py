@@ -13,13 +13,19 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file; an unreadable file is a ModelLoadError naming it."""
+def read_safetensors(path: Path, *, copy: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; an unreadable file is a ModelLoadError naming it. ``copy``: each
+    tensor copied once into its own (aligned) memory, for modules that take them as they are (``assign``): a
+    tensor left at the file's offset would round differently in matmuls."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
-    except Exception as err:  # noqa: BLE001
+        if not copy:
+            return load_file(str(path))
+        with safe_open(str(path), framework="pt") as file:
+            return {key: file.get_tensor(key).clone() for key in file.keys()}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001 - any reader failure is one clear message
         raise ModelLoadError(f"cannot read {path}: {err}") from None
 
 
@@ -36,16 +42,24 @@ def check_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, p
     """Every key of ``module`` in ``state`` and nothing else, every shape as the module's (a meta-built module
     and meta tensors are enough: nothing is loaded); else one ModelLoadError naming the first offenders, each
     spelt as the file spells it (``prefix`` + key), a misfit with the file's shape and the expected one."""
-    expected = module.state_dict()
-    common = set(state) & set(expected)
-    problems = {
-        "missing keys": [prefix + k for k in sorted(set(expected) - set(state))],
-        "unexpected keys": [prefix + k for k in sorted(set(state) - set(expected))],
-        "wrong shapes": [f"{prefix}{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                         for k in sorted(common) if state[k].shape != expected[k].shape],
-    }  # fmt: skip
+    problems = mismatches({key: t.shape for key, t in module.state_dict().items()}, state, prefix)
     if any(problems.values()):
         raise ModelLoadError(f"{path} does not match the model: {summarize(problems)}")
+
+
+def mismatches(
+    expected: dict[str, torch.Size], state: dict[str, torch.Tensor], prefix: str = ""
+) -> dict[str, list[str]]:
+    """What keeps ``state`` from fitting ``expected`` (key -> shape), each list sorted, each key spelt as the
+    file spells it (``prefix`` + key): ``missing keys``, ``unexpected keys``, ``wrong shapes`` (with the
+    file's shape and the expected one)."""
+    common = set(state) & set(expected)
+    return {
+        "missing keys": [prefix + k for k in sorted(set(expected) - set(state))],
+        "unexpected keys": [prefix + k for k in sorted(set(state) - set(expected))],
+        "wrong shapes": [f"{prefix}{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+                         for k in sorted(common) if state[k].shape != expected[k]],
+    }  # fmt: skip
 
 
 def summarize(problems: dict[str, list[str]]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import InputError, ModelLoadError
-from ..weights import strict_load, summarize
+from ..weights import read_safetensors, strict_load, summarize
 from .config import (
     ORIGINAL_FILES,
     SAME_L,
@@ -133,7 +133,7 @@ def load_original(folder: Path) -> tuple[StabilityConfig, dict[str, torch.nn.Mod
     config = read_config(folder)
     with torch.device("meta"):
         modules = build_components(config)
-    state = read_tensors(folder / WEIGHTS_FILE)
+    state = read_safetensors(folder / WEIGHTS_FILE, copy=True)
     converted = convert_state(state, config, modules, folder / WEIGHTS_FILE)
     for name, module in modules.items():
         expected = module.state_dict()
@@ -141,18 +141,6 @@ def load_original(folder: Path) -> tuple[StabilityConfig, dict[str, torch.nn.Mod
         assign_strictly(module, {**values, **converted[name]}, folder / WEIGHTS_FILE)
         module.eval()
     return config, modules
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file, each copied once into its own (aligned) memory: the modules take
-    them as they are, and a tensor left at the file's offset would round differently in matmuls."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            return {key: file.get_tensor(key).clone() for key in file.keys()}  # noqa: SIM118
-    except Exception as err:  # noqa: BLE001 - any reader failure is one clear message
-        raise ModelLoadError(f"cannot read {path}: {err}") from None
 
 
 def _default(component: str, key: str, tensor: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
@@ -214,7 +202,8 @@ def _diffusers_modules(folder: Path) -> dict:
     for name, cls in classes.items():
         with torch.device("meta"):  # the file's tensors are taken as they are: no init, no second copy
             module = cls.from_config(cls.load_config(folder / name))
-        assign_strictly(module, read_tensors(folder / name / WEIGHTS), folder / name / WEIGHTS)
+        path = folder / name / WEIGHTS
+        assign_strictly(module, read_safetensors(path, copy=True), path)
         modules[name] = module.eval()
     return modules
 
