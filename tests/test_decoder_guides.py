@@ -198,3 +198,17 @@ def test_encode_audio_is_the_vaes_deterministic_encoding(decoder):
         decoder.encode_audio(wave[:, : 6 * hop - 1])
     with pytest.raises(ValueError, match="samples"):
         decoder.encode_audio(wave[:1])
+
+
+def test_continuation_head_rounds_as_each_backend_does():
+    hop = 100
+    # TangoFlux floors the end (the last, partly covered frame stays free), SA3 rounds it up (pins it too)
+    assert continuation_head(1305, 0, 1750, 40, hop=hop, round_end_up=False) == (13 - HEAD_CONTEXT_FRAMES, 17)
+    assert continuation_head(1305, 0, 1750, 40, hop=hop, round_end_up=True) == (13 - HEAD_CONTEXT_FRAMES, 18)
+    # SAME-S keeps its attention chunks where the previous clip had them: the first frame rounds down
+    assert continuation_head(1305, 0, 1750, 40, hop=hop, frame_multiple=4, round_end_up=True) == (4, 18)
+    # on the previous clip's own grid, never past its frames, never before its frame 0
+    assert continuation_head(1305, 300, 1750, 12, hop=hop, round_end_up=True) == (2, 12)
+    assert continuation_head(500, 0, 900, 40, hop=hop, round_end_up=False) == (0, 9)
+    assert continuation_head(200, 300, 900, 40, hop=hop, round_end_up=True) is None  # starts before that grid
+    assert continuation_head(3000, 0, 1200, 40, hop=hop, round_end_up=True) is None  # no overlap left
