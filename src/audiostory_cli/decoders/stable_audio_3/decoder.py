@@ -287,7 +287,7 @@ class StableAudio3Decoder:
         if held is not None:
             known, pinned, covered, strength = held
             start = first_step(sigmas, strength, steps)
-            if start:
+            if strength < 1.0:
                 mix = (1 - sigmas[start]) * known + sigmas[start] * noise
                 latents = torch.where(covered, mix, noise)
             if not bool(pinned.any()):

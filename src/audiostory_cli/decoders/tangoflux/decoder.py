@@ -259,6 +259,7 @@ class TangoFluxDecoder:
             pinned = np.zeros((len(batch), frames), dtype=bool)
             covered = np.zeros((len(batch), frames), dtype=bool)
             first = np.zeros(len(batch), dtype=np.int64)
+            varied = np.zeros(len(batch), dtype=bool)
             for row, w in enumerate(batch):
                 guide = guides[w]
                 if guide is None:
@@ -266,11 +267,12 @@ class TangoFluxDecoder:
                 known[row], pinned[row] = guide.window(windows[w].start, frames)
                 covered[row] = guide.covered(windows[w].start, frames)
                 first[row] = first_step([float(x) for x in sigmas[:steps]], guide.strength, steps)
+                varied[row] = guide.strength < 1.0
             item = _Held(
                 known=torch.from_numpy(known).to(self.device), pinned=torch.from_numpy(pinned).to(self.device)[..., None],
                 noise=latents[b].clone(), first=first,
             )  # fmt: skip
-            for row in np.flatnonzero(first > 0):
+            for row in np.flatnonzero(varied):
                 sigma = sigmas[first[row]]
                 mix = (1 - sigma) * item.known[row] + sigma * item.noise[row]
                 cover = torch.from_numpy(covered[row]).to(self.device)[:, None]
