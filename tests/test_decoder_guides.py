@@ -127,6 +127,8 @@ def test_strength_makes_variations_closer_to_the_known_the_lower_it_is(decoder):
     assert not np.array_equal(varied[0.3].latents, varied[0.9].latents)
     assert not np.array_equal(varied[0.9].latents, varied[1.0].latents)
     assert _rel(varied[0.3].latents, clip.latents) < _rel(varied[1.0].latents, clip.latents)
+    again = render(decoder, [_guided(request, LatentGuide(0, clip.latents, none, strength=0.3), seed=70)], steps=6)[0]
+    assert np.array_equal(again.wave, varied[0.3].wave)  # same guide, seed and steps: the same samples
 
 
 @pytest.mark.parametrize("strength", [0.0, -0.5, 1.5, float("nan")])
