@@ -64,7 +64,8 @@ def describe(folder: Path) -> DecoderCaps:
         name="Stable Audio 3", sample_rate=setup.sample_rate, channels=channels,
         window_s=setup.max_frames * _hop(folder) / setup.sample_rate, text_width=text_width,
         default_steps=8 if stochastic else 100, default_guidance=1.0 if stochastic else BASE_GUIDANCE,
-        windows=("auto",), continuation="latent",
+        windows=("auto",), continuation="latent", hop_samples=_hop(folder), frame_multiple=setup.frame_multiple,
+        round_head_end_up=True,
     )  # fmt: skip
 
 
