@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiostory_cli.decoders import stable_audio_3 as sa3
+from audiostory_cli.decoders.stable_audio_3 import weights as sa3_weights
+from audiostory_cli.decoders.stable_audio_3.config import WEIGHTS as SA3_WEIGHTS
 from audiostory_cli.decoders.tangoflux import weights as tf_weights
 from audiostory_cli.decoders.tangoflux.config import TangoFluxConfig
 from audiostory_cli.decoders.tangoflux.modules import TangoFluxDiT
@@ -142,13 +143,13 @@ def check_sa3_diffusers(variant: str):
         if component_names := set(components) - set(sa3_modules(variant)):
             raise ModelLoadError(f"{path}: unexpected components {sorted(component_names)}")
         for component, module in sa3_modules(variant).items():
-            sa3.check_strictly(module, components.get(component, {}), path / component)
+            check_state(module, components.get(component, {}), path / component)
 
     return check
 
 
 def check_t5gemma(state, path):
-    sa3.check_text_encoder({k: tuple(t.shape) for k, t in state.items()}, t5gemma_encoder(), path)
+    sa3_weights.check_text_encoder({k: tuple(t.shape) for k, t in state.items()}, t5gemma_encoder(), path)
 
 
 def check_t5gemma_text_encoder(state, path):  # diffusers' text_encoder/ of a converted folder
@@ -215,7 +216,7 @@ def test_small_in_diffusers_own_conversion_differs_only_by_the_decoder_mapping_k
 
 def test_the_t5gemma_folder_is_the_full_encoder_decoder_whose_decoder_half_is_skipped():
     names = listing("t5gemma_b_b_ul2_for_conditional_generation.txt")
-    decoder = [k for k in names if sa3.TEXT_DECODER_HALF.match(k)]
+    decoder = [k for k in names if sa3_weights.TEXT_DECODER_HALF.match(k)]
     assert len(decoder) == 206 and len(names) - len(decoder) == len(t5gemma_encoder().state_dict()) == 134
 
 
@@ -228,7 +229,7 @@ def _editable(case: str) -> list[str]:
     keys = [
         k for k in listing(file_of(case))
         if not re.search("ALIAS|frozen original", noted.get(k, "")) and k not in aliased
-        and not sa3.TEXT_DECODER_HALF.match(k)
+        and not sa3_weights.TEXT_DECODER_HALF.match(k)
         and not sa3_convert._ROPE.match(k) and k != sa3_convert.NOISE_SCALE_KEY
     ]  # fmt: skip
     return [keys[0], keys[len(keys) // 2], keys[-1]]
@@ -317,7 +318,7 @@ def test_tiny_diffusers_layout_has_the_published_names(tiny_sa3):
     written = {
         f"{component}/{key}"
         for component in ("transformer", "vae", "duration_embedder")
-        for key in safetensors_keys(tiny_sa3 / component / sa3.WEIGHTS)
+        for key in safetensors_keys(tiny_sa3 / component / SA3_WEIGHTS)
     }
     assert patterns(written) == patterns(listing("sa3_medium_diffusers.txt"))
     text = {"text_encoder/" + k for k in safetensors_keys(tiny_sa3 / "text_encoder" / "model.safetensors")}

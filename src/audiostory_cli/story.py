@@ -124,6 +124,9 @@ class Clip:
     event: Event  # the event it renders
     wave: np.ndarray = field(repr=False)  # float32 [channels, samples], duration_s (+ tail) long
     sample_rate: int = 44100  # samples per second of ``wave``
+    latents: np.ndarray | None = field(default=None, repr=False)  # float32 [frames, C]: the final latents the
+    # VAE decoded to make ``wave``, on the clip's own grid (head context and tail frames included)
+    origin_sample: int | None = None  # timeline sample where latent frame 0 starts (<= the clip's start)
 
 
 @dataclass(frozen=True)

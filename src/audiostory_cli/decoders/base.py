@@ -7,7 +7,7 @@ config files alone (``describe``), so a setting it cannot honour is refused befo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -34,8 +34,12 @@ class DecoderCaps:
     text_width: int  # width of one text token (T5 d_model, T5Gemma hidden): what a bridge must produce
     default_steps: int  # its own denoising steps (--steps not given)
     default_guidance: float  # its own guidance scale (--guidance not given)
+    hop_samples: int  # audio samples per latent frame
     windows: tuple[str, ...] = ("auto", "full")  # --window values it honours
     continuation: str = "latent"  # how continuation is done: one of CONTINUATIONS
+    frame_multiple: int = 1  # a latent grid's head is aligned to this many frames (SAME-S: one attention chunk)
+    round_head_end_up: bool = False  # ``geometry.continuation_head``'s ``round_end_up`` for this decoder: the
+    # previous clip's last, partly covered frame is part of a continuing head (SA3) or not (TangoFlux)
 
     def check(self, options: RenderOptions, *, bridge_width: int | None = None) -> None:
         """Refuse, up front, a setting this decoder cannot honour (like diffusers' ``check_inputs``)."""
@@ -60,6 +64,57 @@ class TextTokens:
 
 
 @dataclass(frozen=True)
+class LatentGuide:
+    """Known latents a clip is rendered around (an edit, a variation, an input recording's tail).
+
+    The clip's latent grid starts at ``origin_sample`` (its frame count and duration token follow as for a
+    continuing clip). Frames marked ``pinned`` are held to ``latents``: before every denoising step they are
+    set to ``(1 - sigma) * known + sigma * noise`` (the clip's own starting noise there), and after the last
+    step to exactly ``latents`` (so the returned ``Clip.latents`` equal them bit for bit). ``strength`` 1
+    starts from pure noise; below 1 the clip is a variation: it starts at the first step whose sigma is at
+    most ``strength``, every frame at ``(1 - sigma) * known + sigma * noise``, and takes only the remaining
+    steps (at least one). ``latents`` may be shorter or longer than the clip's grid: frames past the grid are
+    ignored, missing ones are not pinned (and, below strength 1, start from noise).
+    """
+
+    origin_sample: int  # timeline sample where the clip's latent frame 0 lies (<= the request's start_sample)
+    latents: np.ndarray = field(repr=False)  # [frames, C] float32 known latents on that grid
+    pinned: np.ndarray = field(repr=False)  # [frames] bool: frames held to ``latents``
+    strength: float = 1.0  # 1: from pure noise; 0 < s < 1: a variation from the known latents noised to s
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.strength <= 1.0):  # NaN fails too
+            raise InputError(f"strength {self.strength}: must be above 0 and at most 1", hint="e.g. --strength 0.5")
+        if self.latents.ndim != 2 or self.latents.dtype != np.float32:
+            raise ValueError(f"guide latents must be [frames, C] float32, got {self.latents.dtype} {self.latents.shape}")
+        if self.pinned.shape != self.latents.shape[:1] or self.pinned.dtype != np.bool_:
+            raise ValueError(f"guide pinned must be [{self.latents.shape[0]}] bool, got {self.pinned.dtype} {self.pinned.shape}")
+
+    def window(self, start: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(known [frames, C], pinned [frames])`` for grid frames ``[start, start + frames)``: zeros and not
+        pinned where the guide has no frame."""
+        known = np.zeros((frames, self.latents.shape[1]), dtype=np.float32)
+        pinned = np.zeros(frames, dtype=bool)
+        have = max(0, min(frames, self.latents.shape[0] - start))
+        known[:have] = self.latents[start : start + have]
+        pinned[:have] = self.pinned[start : start + have]
+        return known, pinned
+
+    def covered(self, start: int, frames: int) -> np.ndarray:
+        """[frames] bool: which of grid frames ``[start, start + frames)`` the guide has latents for."""
+        have = max(0, min(frames, self.latents.shape[0] - start))
+        return np.arange(frames) < have
+
+
+def first_step(sigmas: Sequence[float], strength: float, steps: int) -> int:
+    """Index of the first of ``steps`` steps a guide of ``strength`` takes: 0 at strength 1, else the first
+    whose sigma is at most ``strength``, at most the last step (a variation takes at least one)."""
+    if strength >= 1.0:
+        return 0
+    return next((i for i in range(steps) if sigmas[i] <= strength), steps - 1)
+
+
+@dataclass(frozen=True)
 class ClipRequest:
     """One clip to render."""
 
@@ -70,6 +125,14 @@ class ClipRequest:
     start_sample: int = 0  # where the clip starts on the story timeline, in samples
     continues: int | None = None  # index (in the same request list) of the clip whose tail this clip's head
     # continues: with ``continuation`` on, the overlap is generated as the continuation of that clip
+    guide: LatentGuide | None = None  # known latents to render around; excludes ``continues`` (see LatentGuide)
+
+    def __post_init__(self) -> None:
+        if self.guide is not None:
+            if self.continues is not None:
+                raise ValueError("a ClipRequest with a guide cannot also continue a clip: put the head in the guide")
+            if self.guide.origin_sample > self.start_sample:
+                raise ValueError(f"guide origin {self.guide.origin_sample} lies after the clip's start {self.start_sample}")
 
 
 class Decoder(Protocol):
@@ -85,7 +148,18 @@ class Decoder(Protocol):
     def render(
         self, requests: Sequence[ClipRequest], options: RenderOptions, *, batch_size: int, progress: ProgressFn
     ) -> list[Clip]:
-        """One clip per request, in order, each exactly ``n_samples`` long."""
+        """One clip per request, in order, each exactly ``n_samples`` long, with its final ``latents`` and
+        their ``origin_sample``."""
+        ...
+
+    def decode_latents(self, latents: np.ndarray, shift: int, n_samples: int) -> np.ndarray:
+        """[C, n_samples] float32: the wave ``render`` returned for a clip with these final latents [frames, C]
+        (``Clip.latents``) and ``shift`` (``start_sample - origin_sample``), bit for bit; no denoising."""
+        ...
+
+    def encode_audio(self, wave: np.ndarray) -> np.ndarray:
+        """[frames, C] float32: the VAE's deterministic encoding (the posterior's mean) of ``wave`` [channels, T]
+        at the decoder's rate, T a multiple of ``caps.hop_samples``; frame f holds samples [f*hop, (f+1)*hop)."""
         ...
 
 

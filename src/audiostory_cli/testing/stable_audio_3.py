@@ -227,7 +227,7 @@ def _write_diffusers(path: Path, seed: int) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import AutoTokenizer
 
-    from ..decoders.stable_audio_3 import model_index
+    from ..decoders.stable_audio_3.config import model_index
 
     raw = stability_model_config(small=False, real=False)
     config, modules = _tiny_parts(raw, seed)

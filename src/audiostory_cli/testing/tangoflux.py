@@ -17,7 +17,8 @@ TINY_DECODER_SIZES = {  # one block of each kind, one head: renders a clip in mi
     "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 128, "num_attention_heads": 1,
     "joint_attention_dim": 32,
 }  # fmt: skip
-TINY_VAE = dict(encoder_hidden_size=4, channel_multiples=[1, 2, 2, 2, 2], decoder_channels=4)  # Oobleck, 2048 hop
+TINY_VAE = dict(encoder_hidden_size=128, channel_multiples=[1, 2, 2, 2, 2], decoder_channels=4)  # Oobleck, 2048 hop;
+# the encoder as wide as the real one at its output (2 x 64 latent channels: mean and scale), so it encodes
 
 
 def build_tiny_decoder(path: str | Path, *, seed: int = 0, size: str = "tiny") -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ModelLoadError
+from ..weights import summarize
 
 CONFIG_FILE = "model_config.json"  # stable-audio-tools' model config
 WEIGHTS_FILE = "model.safetensors"  # DiT + SAME + conditioner tensors, float32
@@ -373,11 +374,3 @@ def is_computed(component: str, name: str, config: StabilityConfig) -> bool:
         return not config.auto_scale
     return False
 
-
-def summarize(problems: dict[str, list[str]]) -> str:
-    parts = []
-    for label, keys in problems.items():
-        if keys:
-            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-            parts.append(f"{label}: {', '.join(keys[:5])}{more}")
-    return "; ".join(parts)

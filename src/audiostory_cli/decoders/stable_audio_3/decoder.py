@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,27 +44,16 @@ import torch
 from ...errors import InputError
 from ...settings import RenderOptions
 from ...story import Clip, Progress, ProgressFn, clip_seed, no_progress
-from ..base import ClipRequest, DecoderCaps, TextTokens, fit_length
+from ..base import ClipRequest, DecoderCaps, LatentGuide, TextTokens, first_step, fit_length
+from ..geometry import LONG_OVERLAP_S, continuation_head
 from .convert import SA3Setup
 
 LOGSNR_RANGE = (-6.2, 2.0)  # log-SNR of the first and last step (StableAudio3Pipeline's defaults)
-LONG_OVERLAP_S = 3.0  # a clip longer than one window is rendered as windows overlapping this much
 DECODE_CHUNK_FRAMES = 128  # latents longer than this are VAE-decoded in chunks of this many frames...
 DECODE_CONTEXT_FRAMES = 16  # ...with this many frames of context each side (SAME-L sees 12; even for SAME-S)
 TAIL_FRAMES = 8  # every clip's latent runs this many frames past its audio, so its last frames are decoded with
 # frames after them in view, as the clip that continues it decodes them (without, the crossfade's end differs)
-HEAD_CONTEXT_FRAMES = 8  # a continuing clip also pins this many of the previous clip's frames before the
-# overlap (and discards their audio), so the VAE's edge effects fall outside the crossfade
 PIN_HEAD = True  # continuation by latent pinning (see the module docstring); False: SA3 inpainting alone
-
-
-@dataclass(frozen=True)
-class _LatentTrack:
-    """What a rendered clip leaves for the clip that continues it."""
-
-    origin_sample: int  # timeline sample where latent frame 0 starts
-    latents: torch.Tensor  # [channels, frames] final latents
-    end_sample: int  # timeline sample where the clip's audio ends
 
 
 class StableAudio3Decoder:
@@ -159,6 +147,14 @@ class StableAudio3Decoder:
         Without continuation, clips of the same latent length share a batch of at most ``batch_size``.
         With it, clips render one after another in timeline order, each head continuing the clip it
         ``continues``. A clip longer than the window is rendered as chained windows, whatever the setting.
+
+        A clip with a ``LatentGuide`` renders on its own (as a continuing clip does): its grid starts at the
+        guide's origin, its pinned frames are held to the known latents (re-noised to each sigma with its
+        own starting noise, and in SA3's inpainting input, as a continuing head) and end exactly as them;
+        below strength 1 it starts at the first step whose sigma is at most the strength. The ``continues``
+        head is this same guide, built by ``geometry.continuation_head`` from the previous clip's
+        ``Clip.latents`` (cut to the first window's frames less one): a guide built that way renders the
+        same clip, bit for bit.
         """
         steps, guidance = options.steps, options.guidance
         if steps is None or guidance is None:
@@ -166,9 +162,12 @@ class StableAudio3Decoder:
         if batch_size < 1:
             raise InputError(f"batch_size = {batch_size}: must be >= 1")
         self.caps.check(options)
+        for r in requests:
+            if r.guide is not None and r.guide.latents.shape[1] != self.latent_channels:
+                raise ValueError(f"guide latents have {r.guide.latents.shape[1]} channels, the DiT {self.latent_channels}")
         clips: dict[int, Clip] = {}
         chained = set(range(len(requests))) if options.continuation else {
-            i for i, r in enumerate(requests) if r.n_samples > self.max_clip_samples
+            i for i, r in enumerate(requests) if r.n_samples > self.max_clip_samples or r.guide is not None
         }  # fmt: skip
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i in sorted(set(range(len(requests))) - chained):
@@ -178,23 +177,28 @@ class StableAudio3Decoder:
                 chunk = group[first : first + batch_size]
                 names = ", ".join(str(requests[i].event.index + 1) for i in chunk)
                 progress(Progress("render", len(clips), len(requests), f"events {names}"))
-                waves = self._render_batch([requests[i] for i in chunk], frames, steps, guidance, progress)
-                for i, wave in zip(chunk, waves, strict=True):
-                    clips[i] = self._clip(requests[i], wave)
-        tracks: dict[int, _LatentTrack] = {}
+                latents = self._render_batch([requests[i] for i in chunk], frames, steps, guidance, progress)
+                for i, final in zip(chunk, latents, strict=True):
+                    clips[i] = self._clip(requests[i], final, requests[i].start_sample)
         for i in sorted(chained, key=lambda i: (requests[i].start_sample, i)):
             request = requests[i]
-            previous = tracks.get(request.continues) if options.continuation and request.continues is not None else None
+            guide = request.guide
+            if guide is None and options.continuation and request.continues in clips:
+                guide = self._head_guide(request, requests[request.continues], clips[request.continues])
             progress(Progress("render", len(clips), len(requests), f"event {request.event.index + 1}"))
-            wave, tracks[i] = self._render_chained(request, previous, steps, guidance, progress)
-            clips[i] = self._clip(request, wave)
+            final, origin = self._render_chained(request, guide, steps, guidance, progress)
+            clips[i] = self._clip(request, final, origin)
         progress(Progress("render", len(clips), len(requests), "done"))
         return [clips[i] for i in range(len(requests))]
 
-    def _clip(self, request: ClipRequest, wave: np.ndarray) -> Clip:
-        return Clip(event=request.event, wave=wave, sample_rate=self.setup.sample_rate)
+    def _clip(self, request: ClipRequest, latents: torch.Tensor, origin: int) -> Clip:
+        """The clip decoded from its final latents [C, frames] laid at timeline sample ``origin``."""
+        final = np.ascontiguousarray(latents.float().cpu().numpy().T)
+        wave = self.decode_latents(final, request.start_sample - origin, request.n_samples)
+        return Clip(event=request.event, wave=wave, sample_rate=self.setup.sample_rate, latents=final,
+                    origin_sample=origin)  # fmt: skip
 
-    def _render_batch(self, batch: list[ClipRequest], frames: int, steps, guidance, progress) -> list[np.ndarray]:
+    def _render_batch(self, batch: list[ClipRequest], frames: int, steps, guidance, progress) -> torch.Tensor:
         # 1. Conditioning: padded text rows + duration token, and the global duration embedding.
         seconds = [r.n_samples / self.setup.sample_rate for r in batch]
         context, mask, duration = self._context([self._text_of(r) for r in batch], seconds, guidance > 1.0)
@@ -202,13 +206,31 @@ class StableAudio3Decoder:
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in batch]
         # 3. Denoise the latents sized to the clips.
         latents = self._denoise(generators, frames, context, mask, duration, steps, guidance, progress)
-        # 4. VAE decode, each clip cut to its exact length.
-        return [fit_length(self._decode(latents[i]), r.n_samples) for i, r in enumerate(batch)]
+        return latents  # [B, C, frames] (the caller VAE-decodes them)
 
-    def _render_chained(self, request: ClipRequest, previous: _LatentTrack | None, steps, guidance, progress):
-        """One clip as one or more windows; the first continues ``previous``, each next one the last."""
+    def _head_guide(self, request: ClipRequest, before: ClipRequest, previous: Clip) -> LatentGuide | None:
+        """The continuing head as a guide: the previous clip's final frames from ``HEAD_CONTEXT_FRAMES``
+        before this clip's start (aligned to SAME-S chunks) to the end of its audio, the last partly covered
+        frame included, cut to the first window's frames less one; None when they do not overlap."""
+        hop = self.hop_samples
+        span = continuation_head(
+            request.start_sample, previous.origin_sample, before.start_sample + before.n_samples,
+            previous.latents.shape[0], hop=hop, frame_multiple=self.caps.frame_multiple,
+            round_end_up=self.caps.round_head_end_up,
+        )  # fmt: skip
+        if span is None:
+            return None
+        first, end = span
+        origin = previous.origin_sample + first * hop
+        frames = min(self.setup.max_frames, self.frames_for(request.start_sample - origin + request.n_samples))
+        known = previous.latents[first:end][: frames - 1]
+        return LatentGuide(origin, known, np.ones(known.shape[0], dtype=bool))
+
+    def _render_chained(self, request: ClipRequest, guide: LatentGuide | None, steps, guidance, progress):
+        """One clip as one or more windows, the first held to ``guide``, each next one continuing the last (and
+        held to the guide where it covers it). Returns the final latents [C, frames] and their origin."""
         hop, full = self.hop_samples, self.setup.max_frames
-        known, origin = self._known_head(request, previous)
+        origin = request.start_sample if guide is None else guide.origin_sample
         shift = request.start_sample - origin  # samples between latent frame 0 and the clip's start
         total = self.frames_for(shift + request.n_samples)
         overlap = _round_up(round(LONG_OVERLAP_S * self.setup.sample_rate / hop), self.setup.frame_multiple)
@@ -217,50 +239,65 @@ class StableAudio3Decoder:
         while True:
             frames = min(full, total - start)
             seed = request.seed if part == 0 else clip_seed(request.seed, part)
-            pinned = known[:, : frames - 1] if part == 0 else latents[:, start : start + overlap]
+            held = self._held(guide, start, frames, None if part == 0 else latents[:, start : start + overlap])
             content = shift + request.n_samples - start * hop  # audio samples still to come from here on
             seconds = min(content, frames * hop) / self.setup.sample_rate
             context, mask, duration = self._context([text], [seconds], guidance > 1.0)
             generator = [torch.Generator(device="cpu").manual_seed(seed)]
-            new = self._denoise(generator, frames, context, mask, duration, steps, guidance, progress, pinned[None])[0]
+            new = self._denoise(generator, frames, context, mask, duration, steps, guidance, progress, held)[0]
             latents = new if latents is None else torch.cat([latents[:, :start], new], dim=1)
             if start + frames >= total:
                 break
             start, part = start + frames - overlap, part + 1
-        wave = fit_length(self._decode(latents)[:, shift:], request.n_samples)
-        return wave, _LatentTrack(origin, latents, request.start_sample + request.n_samples)
+        return latents, origin
 
-    def _known_head(self, request: ClipRequest, previous: _LatentTrack | None):
-        """The previous clip's latent frames from this clip's start to the end of its audio, the last (partly
-        covered) frame included, as [C, k]; and the timeline sample this clip's latent grid starts at
-        (aligned to the previous clip's grid). SA3 sizes a latent to its clip, so every frame is content."""
-        empty = torch.zeros(self.latent_channels, 0, device=self.device)
-        if previous is None:
-            return empty, request.start_sample
-        hop, multiple = self.hop_samples, self.setup.frame_multiple
-        first = max(0, (request.start_sample - previous.origin_sample) // hop - HEAD_CONTEXT_FRAMES)
-        first -= first % multiple  # keep SAME-S's chunk grid where the previous clip had it
-        end = min(previous.latents.shape[-1], -(-(previous.end_sample - previous.origin_sample) // hop))
-        if request.start_sample < previous.origin_sample or end <= first:
-            return empty, request.start_sample
-        return previous.latents[:, first:end], previous.origin_sample + first * hop
+    def _held(self, guide: LatentGuide | None, start: int, frames: int, overlap: torch.Tensor | None):
+        """What one window of a chained clip is held to: ``(known [1, C, frames], pinned [frames] bool,
+        covered [frames] bool, strength)`` from the guide laid on grid frames ``[start, start + frames)`` and
+        the previous window's ``overlap`` [C, k] (pinned on its first k frames); None when nothing is."""
+        if guide is None and overlap is None:
+            return None
+        known = torch.zeros(self.latent_channels, frames, device=self.device)
+        pinned = torch.zeros(frames, dtype=torch.bool, device=self.device)
+        covered = torch.zeros(frames, dtype=torch.bool, device=self.device)
+        if guide is not None:
+            values, held = guide.window(start, frames)
+            known = torch.from_numpy(np.ascontiguousarray(values.T)).to(self.device)
+            pinned = torch.from_numpy(held).to(self.device)
+            covered = torch.from_numpy(guide.covered(start, frames)).to(self.device)
+        if overlap is not None:
+            known[:, : overlap.shape[-1]] = overlap
+            pinned[: overlap.shape[-1]] = True
+            covered[: overlap.shape[-1]] = True
+        return known[None], pinned, covered, 1.0 if guide is None else guide.strength
 
-    def _denoise(self, generators, frames, context, mask, duration, steps, guidance, progress, known=None):
-        """Rectified-flow sampling of [B, C, frames] latents from each clip's own generator. ``known``
-        [B, C, k]: the first k frames are pinned (re-noised to each sigma with the starting noise)."""
+    def _denoise(self, generators, frames, context, mask, duration, steps, guidance, progress, held=None):
+        """Rectified-flow sampling of [B, C, frames] latents from each clip's own generator. ``held``: ``(known
+        [B, C, frames], pinned [frames], covered [frames], strength)``: pinned frames are held to ``known``
+        (re-noised to each sigma with the starting noise; exactly ``known`` at the end); below strength 1 the
+        sampling starts at the first step whose sigma is at most it, from ``known`` (where covered) noised to
+        that sigma."""
         from diffusers.pipelines.stable_audio_3.pipeline_stable_audio_3 import (
             logsnr_sigma_schedule,
         )
 
         sigmas = [*logsnr_sigma_schedule(steps, *LOGSNR_RANGE), 0.0]
         noise = torch.stack([self._randn(g, frames) for g in generators]).to(self.device)
-        latents, pinned = noise.clone(), 0 if known is None else known.shape[-1]
-        local = self._inpaint_input(noise.shape, known)
+        latents, known, pinned, start = noise.clone(), None, None, 0
+        if held is not None:
+            known, pinned, covered, strength = held
+            start = first_step(sigmas, strength, steps)
+            if strength < 1.0:
+                mix = (1 - sigmas[start]) * known + sigmas[start] * noise
+                latents = torch.where(covered, mix, noise)
+            if not bool(pinned.any()):
+                pinned = None
+        local = self._inpaint_input(noise.shape, known, pinned)
         use_cfg = guidance > 1.0
-        for i in range(steps):
+        for i in range(start, steps):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            if pinned and PIN_HEAD:
-                latents[..., :pinned] = (1 - sigma) * known + sigma * noise[..., :pinned]
+            if pinned is not None and PIN_HEAD:
+                latents = torch.where(pinned, (1 - sigma) * known + sigma * noise, latents)
             model_input = torch.cat([latents, latents]) if use_cfg else latents
             velocity = self.transformer(
                 model_input.to(self.dtype),
@@ -281,23 +318,48 @@ class StableAudio3Decoder:
             else:
                 latents = latents + (sigma_next - sigma) * velocity
             progress(Progress("step", i + 1, steps))
-        if pinned and PIN_HEAD:
-            latents[..., :pinned] = known
+        if pinned is not None and PIN_HEAD:
+            latents = torch.where(pinned, known, latents)
         return latents
 
     def _randn(self, generator: torch.Generator, frames: int) -> torch.Tensor:
         """Noise drawn on the CPU from the clip's generator, so it is the same on every device."""
         return torch.randn((self.latent_channels, frames), generator=generator, dtype=torch.float32)
 
-    def _inpaint_input(self, shape, known) -> torch.Tensor | None:
-        """SA3's inpainting input [B, 1 + C, frames]: mask (1 on the known frames), then the masked latents."""
+    def _inpaint_input(self, shape, known, pinned) -> torch.Tensor | None:
+        """SA3's inpainting input [B, 1 + C, frames]: mask (1 on the pinned frames), then the masked latents."""
         if not self.setup.inpaint_input:
             return None
         local = torch.zeros(shape[0], 1 + shape[1], shape[2], device=self.device)
-        if known is not None and known.shape[-1]:
-            local[:, 0, : known.shape[-1]] = 1.0
-            local[:, 1:, : known.shape[-1]] = known
+        if pinned is not None:
+            local[:, 0, pinned] = 1.0
+            local[:, 1:, pinned] = known[..., pinned]
         return local.to(self.dtype)
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: np.ndarray, shift: int, n_samples: int) -> np.ndarray:
+        """[C, n_samples] float32: the wave ``render`` returns for a clip whose final latents [frames, C] are
+        ``latents`` (its ``Clip.latents``) and whose audio starts ``shift`` samples after frame 0, bit for bit
+        (``render`` decodes through this very function)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(np.asarray(latents, dtype=np.float32).T)).to(self.device)
+        return fit_length(self._decode(tensor)[:, shift:], n_samples)
+
+    @torch.inference_mode()
+    def encode_audio(self, wave: np.ndarray) -> np.ndarray:
+        """[frames, C] float32: the SAME VAE's (deterministic) encoding of ``wave`` [channels, T] at the decoder's
+        rate, T a multiple of ``hop_samples``; frame f holds samples [f * hop, (f + 1) * hop). One pass: meant
+        for an input's tail, not for minutes of audio."""
+        wave = np.asarray(wave)
+        hop, channels = self.hop_samples, self.caps.channels
+        if wave.ndim != 2 or wave.shape[0] != channels:
+            raise ValueError(f"wave must be [{channels}, samples], got {wave.shape}")
+        if wave.shape[1] == 0 or wave.shape[1] % hop:
+            raise ValueError(f"wave of {wave.shape[1]} samples: must be a positive multiple of {hop} (one latent frame)")
+        audio = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(self.device)
+        latents = self.vae.encode(audio).latents[0].float()  # [C, frames]
+        if latents.shape[-1] != wave.shape[1] // hop:
+            raise ValueError(f"the VAE encoded {wave.shape[1]} samples to {latents.shape[-1]} frames, not {wave.shape[1] // hop}")
+        return np.ascontiguousarray(latents.T.cpu().numpy())
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         """VAE-decode [C, frames] (fp32); long latents in chunks with context on each side."""

@@ -59,6 +59,7 @@ def caps_for(config: TangoFluxConfig, name: str = "TangoFlux") -> DecoderCaps:
         text_width=config.joint_attention_dim,
         default_steps=DEFAULT_STEPS,
         default_guidance=DEFAULT_GUIDANCE,
+        hop_samples=HOP_SAMPLES,
         windows=("auto", "full"),
         continuation="latent",
     )

@@ -25,7 +25,7 @@ from ...devices import free_memory_bytes, runs_natively
 from ...errors import InputError, ModelLoadError
 from ...settings import RenderOptions
 from ...story import Clip, Progress, ProgressFn, no_progress
-from ..base import ClipRequest, DecoderCaps, TextTokens, fit_length
+from ..base import ClipRequest, DecoderCaps, TextTokens, first_step, fit_length
 from .config import TangoFluxConfig, caps_for, read_tangoflux_config
 from .modules import TangoFluxDiT
 from .schedule import ClipGrid, Window, plan_windows, window_frames_for
@@ -147,12 +147,22 @@ class TangoFluxDecoder:
         steps in lockstep: with continuation, the head of a clip that ``continues`` another is pinned to
         that clip's frames at every step (see ``schedule.py``), so the clips still batch and both sides of
         the crossfade end as the same latents.
+
+        A clip with a ``LatentGuide`` batches with the others too: its grid starts at the guide's origin, the
+        guide is laid on each of its windows (from the window's first frame on), its pinned frames are held
+        to the known latents at every step's noise level and end exactly as them; below strength 1 its rows
+        wait, unchanged, until the first step whose sigma is at most the strength. A guided head built with
+        ``geometry.continuation_head`` from the previous clip's ``Clip.latents`` ends as the same frames as
+        the ``continues`` head (the frames in between may differ: lockstep copying there, re-noising here).
         """
         steps, guidance = options.steps, options.guidance
         if steps is None or guidance is None:
             raise ValueError("render needs resolved options: call options.resolved(...) first")
         if batch_size < 1:
             raise InputError(f"batch_size = {batch_size}: must be >= 1")
+        for r in requests:
+            if r.guide is not None and r.guide.latents.shape[1] != self.config.in_channels:
+                raise ValueError(f"guide latents have {r.guide.latents.shape[1]} channels, the DiT {self.config.in_channels}")
         # 1. The windows, the heads pinned to the clips they continue, and batches of same-size windows.
         windows, grids = plan_windows(
             requests, hop=self.hop_samples, full=self.config.audio_seq_len, sample_rate=self.sample_rate,
@@ -168,7 +178,8 @@ class TangoFluxDecoder:
         ]
         # 3. Flow-matching Euler over every batch, in lockstep.
         progress(Progress("render", 0, len(requests), f"{len(windows)} windows in {len(batches)} batches"))
-        latents = self._denoise(windows, batches, conditioning, steps, guidance, progress)
+        guides = [requests[w.clip].guide for w in windows]
+        latents = self._denoise(windows, batches, conditioning, steps, guidance, progress, guides)
         # 4. VAE decode, one clip at a time (its activations are the render's largest: ~7 MB a frame in
         # fp32), only the frames that hold audio, and cut each clip to its exact length.
         place = {w: (b, row) for b, batch in enumerate(batches) for row, w in enumerate(batch)}
@@ -176,9 +187,10 @@ class TangoFluxDecoder:
         for i, grid in sorted(grids.items()):
             request = requests[i]
             progress(Progress("render", len(clips), len(requests), f"decoding event {request.event.index + 1}"))
-            audio = self._decode_frames(self._clip_latents(grid, windows, place, latents))
-            wave = fit_length(audio[:, grid.shift :], request.n_samples)
-            clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate)
+            final = np.ascontiguousarray(self._clip_latents(grid, windows, place, latents).float().cpu().numpy())
+            wave = self.decode_latents(final, grid.shift, request.n_samples)
+            clips[i] = Clip(event=request.event, wave=wave, sample_rate=self.sample_rate, latents=final,
+                            origin_sample=grid.origin_sample)  # fmt: skip
         progress(Progress("render", len(clips), len(requests), "done"))
         return [clips[i] for i in range(len(requests))]
 
@@ -194,10 +206,12 @@ class TangoFluxDecoder:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         return torch.randn((frames, self.config.in_channels), generator=generator, dtype=torch.float32)
 
-    def _denoise(self, windows, batches, conditioning, steps, guidance, progress) -> list[torch.Tensor]:
+    def _denoise(self, windows, batches, conditioning, steps, guidance, progress, guides=None) -> list[torch.Tensor]:
         """Flow-matching Euler from each window's own noise, every batch one step at a time. Before each
         step, and after the last, every pinned head is overwritten with its source window's current frames
-        (both at that step's noise level). No host sync inside the loop. Returns [B, frames, C] per batch."""
+        (both at that step's noise level); guided frames (``guides``: each window's ``LatentGuide`` or None)
+        are set first, to their known latents at that noise level (exactly them after the last step).
+        No host sync inside the loop. Returns [B, frames, C] per batch."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
@@ -212,15 +226,59 @@ class TangoFluxDecoder:
             for w, window in enumerate(windows)
             if window.source is not None and window.pinned > 0
         ]  # in window order: a source's own head is in place before it is copied on
+        guided = self._guided(windows, batches, guides or [None] * len(windows), latents, sigmas, steps)
         transformer = self._transformer()
         for i in range(steps):
+            for b, held in guided.items():
+                held.pin(latents, b, i, sigmas[i])
             _pin(latents, pins)
             for b, cond in enumerate(conditioning):
+                active = guided[b].active(i) if b in guided else None
+                if active is not None and not active.any():
+                    continue  # every row waits for its first step (variations)
                 velocity = self._velocity(transformer, latents[b], cond, timesteps[i], guidance)
-                latents[b] = latents[b] + (sigmas[i + 1] - sigmas[i]) * velocity
+                new = latents[b] + (sigmas[i + 1] - sigmas[i]) * velocity
+                latents[b] = new if active is None or active.all() else torch.where(
+                    torch.from_numpy(active).to(self.device)[:, None, None], new, latents[b]
+                )  # fmt: skip
             progress(Progress("step", i + 1, steps))
+        for b, held in guided.items():
+            held.finish(latents, b)
         _pin(latents, pins)
         return latents
+
+    def _guided(self, windows, batches, guides, latents, sigmas, steps) -> dict[int, _Held]:
+        """Per batch holding a guided window: its known latents, pinned frames, starting noise and first
+        steps; rows of a variation start at their first step's mix of known latents and noise (in place)."""
+        held: dict[int, _Held] = {}
+        for b, batch in enumerate(batches):
+            if all(guides[w] is None for w in batch):
+                continue
+            frames = windows[batch[0]].frames
+            known = np.zeros((len(batch), frames, self.config.in_channels), dtype=np.float32)
+            pinned = np.zeros((len(batch), frames), dtype=bool)
+            covered = np.zeros((len(batch), frames), dtype=bool)
+            first = np.zeros(len(batch), dtype=np.int64)
+            varied = np.zeros(len(batch), dtype=bool)
+            for row, w in enumerate(batch):
+                guide = guides[w]
+                if guide is None:
+                    continue
+                known[row], pinned[row] = guide.window(windows[w].start, frames)
+                covered[row] = guide.covered(windows[w].start, frames)
+                first[row] = first_step([float(x) for x in sigmas[:steps]], guide.strength, steps)
+                varied[row] = guide.strength < 1.0
+            item = _Held(
+                known=torch.from_numpy(known).to(self.device), pinned=torch.from_numpy(pinned).to(self.device)[..., None],
+                noise=latents[b].clone(), first=first,
+            )  # fmt: skip
+            for row in np.flatnonzero(varied):
+                sigma = sigmas[first[row]]
+                mix = (1 - sigma) * item.known[row] + sigma * item.noise[row]
+                cover = torch.from_numpy(covered[row]).to(self.device)[:, None]
+                latents[b][row] = torch.where(cover, mix, item.noise[row])
+            held[b] = item
+        return held
 
     def _velocity(self, transformer, latents, cond: _Conditioning, t, guidance: float) -> torch.Tensor:
         """The DiT's velocity for [B, frames, C], guided: both halves in one batch, unconditional first."""
@@ -260,6 +318,28 @@ class TangoFluxDecoder:
             new = latents[b][row]
             clip = new if clip is None else torch.cat([clip[: windows[w].start], new])
         return clip[: grid.total + VAE_EDGE_FRAMES]
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: np.ndarray, shift: int, n_samples: int) -> np.ndarray:
+        """[C, n_samples] float32: the wave ``render`` returns for a clip whose final latents [frames, C] are
+        ``latents`` (its ``Clip.latents``) and whose audio starts ``shift`` samples after frame 0, bit for bit
+        (``render`` decodes through this very function)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device)
+        return fit_length(self._decode_frames(tensor)[:, shift:], n_samples)
+
+    @torch.inference_mode()
+    def encode_audio(self, wave: np.ndarray) -> np.ndarray:
+        """[frames, C] float32: the Oobleck VAE's encoding of ``wave`` [channels, T] (at the decoder's rate, T a
+        multiple of ``hop_samples``), the posterior's mean (no sampling); frame f holds samples
+        [f * hop, (f + 1) * hop). One pass: meant for an input's tail, not for minutes of audio."""
+        wave = np.asarray(wave)
+        _check_wave(wave, self.channels, self.hop_samples)
+        audio = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(self.device, self.vae_dtype)
+        latents = self.vae.encode(audio).latent_dist.mode()[0].float()  # [C, frames]
+        if latents.shape[-1] != wave.shape[1] // self.hop_samples:
+            raise ModelLoadError(f"the VAE encoded {wave.shape[1]} samples to {latents.shape[-1]} frames, "
+                                 f"not {wave.shape[1] // self.hop_samples}")  # fmt: skip
+        return np.ascontiguousarray(latents.T.cpu().numpy())
 
     def _decode_frames(self, latents: torch.Tensor) -> np.ndarray:
         """VAE-decode [frames, channels]; past one window, in window-sized chunks with context on each side."""
@@ -350,6 +430,36 @@ def _batches(windows: list[Window], batch_size: int) -> list[list[int]]:
     for w, window in enumerate(windows):
         by_frames[window.frames].append(w)
     return [group[k : k + batch_size] for _, group in sorted(by_frames.items()) for k in range(0, len(group), batch_size)]
+
+
+@dataclass
+class _Held:
+    """The guided rows of one batch: what they are held to, and from which step on they move."""
+
+    known: torch.Tensor  # [B, frames, C] the guides' latents (zeros where a row has none)
+    pinned: torch.Tensor  # [B, frames, 1] bool: frames held to ``known``
+    noise: torch.Tensor  # [B, frames, C] each row's starting noise
+    first: np.ndarray  # [B] the first step each row takes (0 for unguided rows)
+
+    def active(self, step: int) -> np.ndarray:
+        return self.first <= step
+
+    def pin(self, latents: list[torch.Tensor], b: int, step: int, sigma: torch.Tensor) -> None:
+        """Hold the pinned frames of the rows that move at ``step`` to the known latents at ``sigma``."""
+        active = self.active(step)
+        mask = self.pinned if active.all() else self.pinned & torch.from_numpy(active).to(self.pinned.device)[:, None, None]
+        latents[b] = torch.where(mask, (1 - sigma) * self.known + sigma * self.noise, latents[b])
+
+    def finish(self, latents: list[torch.Tensor], b: int) -> None:
+        """After the last step the pinned frames are exactly the known latents."""
+        latents[b] = torch.where(self.pinned, self.known, latents[b])
+
+
+def _check_wave(wave: np.ndarray, channels: int, hop: int) -> None:
+    if wave.ndim != 2 or wave.shape[0] != channels:
+        raise ValueError(f"wave must be [{channels}, samples], got {wave.shape}")
+    if wave.shape[1] == 0 or wave.shape[1] % hop:
+        raise ValueError(f"wave of {wave.shape[1]} samples: must be a positive multiple of {hop} (one latent frame)")
 
 
 def _pin(latents: list[torch.Tensor], pins) -> None:

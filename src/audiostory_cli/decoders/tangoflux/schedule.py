@@ -1,12 +1,15 @@
 """Which latent windows a render denoises, and which frames of each one are pinned to another window's.
 
 Every clip is one window, or, past the model's window, several overlapping ones. A clip that continues another
-lays its latent grid on the earlier clip's grid and starts ``HEAD_CONTEXT_FRAMES`` before its own audio; the
-head of its first window (the earlier clip's frames from there to that clip's end) is *pinned*: before every
-denoising step it is overwritten with the earlier window's current frames, which sit at the same noise level
-because every window takes its steps in lockstep. So clips that continue one another still share batches, the
+lays its latent grid on the earlier clip's grid and starts ``HEAD_CONTEXT_FRAMES`` before its own audio
+(``geometry.continuation_head``, the head's end floored to whole frames); the head of its first window (the
+earlier clip's frames from there to that clip's end) is *pinned*: before every denoising step it is
+overwritten with the earlier window's current frames, which sit at the same noise level because every window
+takes its steps in lockstep. So clips that continue one another still share batches, the
 earlier clip renders exactly as it would alone, and the head of the later clip ends as the earlier clip's
 final latents: both sides of the crossfade are the same sound. A long clip's windows chain the same way.
+A clip with a ``LatentGuide`` lays its grid at the guide's origin and pins nothing from another window here
+(the decoder holds its guided frames).
 
 No torch here: ``plan_windows`` is arithmetic on sample and frame counts.
 """
@@ -19,11 +22,9 @@ from dataclasses import dataclass
 
 from ...story import clip_seed
 from ..base import ClipRequest
+from ..geometry import LONG_OVERLAP_S, continuation_head
 
 FRAME_BUCKET = 16  # auto windows are rounded up to a multiple of this many latent frames, so clips batch
-LONG_OVERLAP_S = 3.0  # a clip longer than one window is rendered as windows overlapping this much
-HEAD_CONTEXT_FRAMES = 8  # a continuing clip also pins this many of the previous clip's frames before the
-# overlap (and discards their audio), so the VAE's edge effects fall outside the crossfade
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ def plan_windows(
         previous = request.continues if continuation else None
         head = _head(request, requests, grids, windows, previous, hop) if previous in grids else None
         origin = request.start_sample if head is None else head[0]
+        if request.guide is not None:
+            origin = request.guide.origin_sample
         shift = request.start_sample - origin
         total = math.ceil((shift + request.n_samples) / hop)
         mine, start, part = [], 0, 0
@@ -104,11 +107,13 @@ def _head(request, requests, grids, windows, previous: int, hop: int):
     and the previous clip's frames from ``HEAD_CONTEXT_FRAMES`` before this clip's start to its end; None
     when they do not overlap."""
     grid, before = grids[previous], requests[previous]
-    first = max(0, (request.start_sample - grid.origin_sample) // hop - HEAD_CONTEXT_FRAMES)
-    end = (before.start_sample + before.n_samples - grid.origin_sample) // hop
-    if request.start_sample < grid.origin_sample or end <= first:
+    span = continuation_head(
+        request.start_sample, grid.origin_sample, before.start_sample + before.n_samples, grid.total,
+        hop=hop, round_end_up=False,
+    )  # fmt: skip
+    if span is None:
         return None
-    # The last of the previous clip's windows that starts at or before ``first`` holds those final frames.
+    first, end = span
     # The last of the previous clip's windows that starts at or before ``first`` holds those final frames,
     # up to where a later window of that clip takes over.
     rank = max(r for r, w in enumerate(grid.windows) if windows[w].start <= first)

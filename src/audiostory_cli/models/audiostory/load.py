@@ -46,6 +46,7 @@ from ...decoders.tangoflux.config import read_tangoflux_config
 from ...decoders.tangoflux.decoder import TangoFluxDecoder
 from ...decoders.tangoflux.modules import TangoFluxDiT
 from ...decoders.tangoflux.weights import load_text_encoder, load_vae
+from ...decoders.weights import read_safetensors
 from ...errors import ModelLoadError
 from ...story import Plan
 from .config import AUDIOSTORY_KIND, T5_DIR, WEIGHT_FILES, AudioStoryConfig
@@ -196,11 +197,9 @@ def _weights_file(root: Path) -> Path:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped

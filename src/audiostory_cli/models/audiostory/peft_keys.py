@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...decoders.weights import mismatches
 from ...errors import ModelLoadError
 from .config import AudioStoryConfig
 
@@ -73,13 +74,10 @@ def _shapes(module: nn.Module) -> dict[str, torch.Size]:
 
 
 def _plain(state, expected, prefix: str, problems: _Problems) -> dict[str, torch.Tensor]:
-    problems.missing += [prefix + k for k in expected if k not in state]
-    problems.unexpected += [prefix + k for k in state if k not in expected]
-    problems.wrong += [
-        f"{prefix}{k} {tuple(v.shape)} (expected {tuple(expected[k])})"
-        for k, v in state.items()
-        if k in expected and v.shape != expected[k]
-    ]
+    found = mismatches(expected, state, prefix)
+    problems.missing += found["missing keys"]
+    problems.unexpected += found["unexpected keys"]
+    problems.wrong += found["wrong shapes"]
     return {k: v for k, v in state.items() if k in expected}
 
 
