@@ -62,8 +62,13 @@ def story(models, tmp_path_factory):
     """A rendered 6-event story: (its folder, the plan path, its samples)."""
     _, options, loaded = models
     folder = tmp_path_factory.mktemp("story")
-    options = replace(options, steps=2, crossfade_s=0.3, seed=11)
-    result = render_to_file(loaded.decoder, six_events(), options, loaded.conditioner, folder / "story.wav")
+    options = replace(options, steps=4, crossfade_s=0.3, seed=11)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test runs (conftest): float sums depend on the thread count
+    try:
+        result = render_to_file(loaded.decoder, six_events(), options, loaded.conditioner, folder / "story.wav")
+    finally:
+        torch.set_num_threads(threads)
     return folder, result.plan_path, audio_io.read_audio(result.audio_path)[0]
 
 
@@ -144,16 +149,16 @@ def test_vary_keeps_the_rest_and_depends_on_strength(models, story, tmp_path):
     sr = loaded.decoder.caps.sample_rate
     start3, _ = _span(before.plan, 3, sr)
     start5, _ = _span(before.plan, 5, sr)
-    waves = {}
+    waves, latents = {}, {}
     for strength in (0.3, 1.0):
         result = apply_edit(loaded.decoder, loaded.conditioner, before, Vary(event=3, strength=strength, seed=9),
                             tmp_path / f"v{strength}.wav")  # fmt: skip
         waves[strength] = _samples(result.audio_path)
+        latents[strength] = load_story(result.plan_path).state.latents[3]
         assert np.array_equal(waves[strength][:, :start3], old[:, :start3])
         assert np.array_equal(waves[strength][:, start5:], old[:, start5:])
-    region = slice(start3 + sr // 2, start3 + sr)
-    near = np.linalg.norm(waves[0.3][:, region] - old[:, region])
-    far = np.linalg.norm(waves[1.0][:, region] - old[:, region])
+    known = before.state.latents[3]
+    near, far = (np.linalg.norm(latents[s] - known) for s in (0.3, 1.0))
     assert 0 < near < far  # a light variation stays closer to the original than a new clip
     assert np.array_equal(_replayed(models, result.plan_path, tmp_path / "replay.wav"), waves[1.0])
 
@@ -206,8 +211,8 @@ def test_continue_from_a_recording(models, tmp_path):
         fade = round(0.3 * sr)
         lead = 3 * sr - fade if include else 0
         assert wave.shape == (2, lead + 6 * sr)
-        if include:  # the recording itself, resampled, comes first (at the story's gain: 1 here)
-            expected = audio_io.resample(recording, 22050, sr)
+        if include:  # the recording itself, resampled, comes first, at the story's gain (the tiny decoder is loud)
+            expected = audio_io.resample(recording, 22050, sr) * load_story(result.plan_path).state.gain
             assert np.allclose(wave[0, : lead - 100], expected[0, : lead - 100], atol=2e-4)
         assert np.array_equal(_replayed(models, result.plan_path, tmp_path / f"r{include}.wav"), wave)
 

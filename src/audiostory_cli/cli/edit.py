@@ -55,6 +55,7 @@ def edit(
     so `audiostory render` of it gives the same file. One change per run."""
     from ..editing import EventEdit, Inpaint, Vary, apply_edit, load_story
     from ..editing.operations import fresh_seed, resolve
+    from ..editing.stories import check_edit_output
     from ..run_setup import setup_run
 
     chosen = [name for name, value in (("--event", event), ("--vary", vary), ("--inpaint", inpaint)) if value is not None]
@@ -85,10 +86,8 @@ def edit(
         else:
             change = Inpaint(start_s=span[0], end_s=span[1], caption=caption, seed=seed)
         _check_change(change, loaded.plan)  # before any model loads
-        setup = setup_run({}, saved=loaded.plan.render, output=output, device=device, dtype=dtype, notify=_notify)
-        from ..editing.stories import check_edit_output
-
         check_edit_output(loaded, output)
+        setup = setup_run({}, saved=loaded.plan.render, output=output, device=device, dtype=dtype, notify=_notify)
         models = _load_models(setup, need_planner=False)
         change = resolve(change, loaded.plan, models.decoder)
         with ProgressView() as view:
@@ -133,8 +132,8 @@ def extend(
         given = {"planner": planner} if planner is not None else {}
         if saved.planner is None and planner is None and saved.model is None:
             raise InputError(f"{story} was written by hand: no planner is recorded", hint="give --planner")
-        setup = setup_run(given, saved=saved, output=output, device=device, dtype=dtype, notify=_notify)
         check_edit_output(loaded, output)
+        setup = setup_run(given, saved=saved, output=output, device=device, dtype=dtype, notify=_notify)
         models = _load_models(setup, planner_model=planner_model, planner_engine=planner_engine)
         with ProgressView() as view:
             result = extend_story(models.planner, models.decoder, models.conditioner, loaded, prompt, duration,

@@ -79,16 +79,17 @@ def resolve(change: Change, plan: Plan, decoder: Decoder) -> Change:
 
 
 def snapped_duration(event: Event, duration_s: float, decoder: Decoder) -> float:
-    """``duration_s`` moved to the nearest duration that changes the event's end by whole latent frames."""
-    sr, hop = decoder.caps.sample_rate, decoder.caps.hop_samples
-    frames = round((duration_s - event.duration_s) * sr / hop)
+    """``duration_s`` moved to the nearest duration that changes the event's end by whole latent frames (SAME-S:
+    whole attention chunks of frames, which a grid's head is aligned to), so what follows keeps its grid."""
+    sr, unit = decoder.caps.sample_rate, decoder.caps.hop_samples * decoder.caps.frame_multiple
+    frames = round((duration_s - event.duration_s) * sr / unit)
     if frames == 0:
         raise InputError(
-            f"duration {duration_s:g} s is within half a latent frame ({hop / sr * 1000:.0f} ms) of event "
+            f"duration {duration_s:g} s is within half a latent step ({unit / sr * 1000:.0f} ms) of event "
             f"{event.index + 1}'s {event.duration_s:g} s: nothing would change",
             hint="give a duration that differs more",
         )
-    snapped = event.duration_s + frames * hop / sr
+    snapped = event.duration_s + frames * unit / sr
     if snapped <= 0:
         raise InputError(f"duration = {duration_s:g} s: must be > 0 seconds")
     return snapped
@@ -141,7 +142,9 @@ def apply_change(
         start, n = spans_a[index][0], lengths_a[index]
         head = _head(decoder, index, follows, start, origins, latents, spans_a, lengths_a, state)
         origin = start if head is None else head[0]
-        guide = _guide(kind, change, index, head, origin, origins.get(index), latents.get(index), start, n, hop, sr)
+        band_stop = _next_head_first(decoder, index, followers, origin, latents.get(index), spans_a, lengths_a)
+        guide = _guide(kind, change, index, head, origin, origins.get(index), latents.get(index), start, n, hop, sr,
+                       band_stop)  # fmt: skip
         if guide is None and kind == "follow":  # a follower whose head is what it was: nothing to do
             continue
         seed = clip_seed(change.seed, index) if isinstance(change, Inpaint) else event_seed(event, options.seed)
@@ -252,9 +255,23 @@ def _head(decoder, index, follows, start, origins, latents, spans, lengths, stat
     return prev_origin + first * caps.hop_samples, prev_latents[first:end]
 
 
-def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr) -> LatentGuide | None:
+def _next_head_first(decoder, index, followers, origin, old, spans, lengths) -> int | None:
+    """The first of this clip's frames that the clip after it pins as its head (None: nothing follows): a
+    follower's free band stops there, so the change does not run on into the next clip."""
+    caps = decoder.caps
+    nxt = followers.get(index)
+    if nxt is None or old is None:
+        return None
+    found = continuation_head(
+        spans[nxt][0], origin, spans[index][0] + lengths[index], old.shape[0], hop=caps.hop_samples,
+        frame_multiple=caps.frame_multiple, round_end_up=caps.round_head_end_up,
+    )  # fmt: skip
+    return None if found is None else found[0]
+
+
+def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr, band_stop) -> LatentGuide | None:
     """The guide of one clip to render; None: a new clip with nothing known (rendered as a fresh one), or a
-    follower that need not change."""
+    follower that need not change. ``band_stop``: a follower's free band ends before this frame."""
     frames = math.ceil((start - origin + n) / hop) + 64  # more than any grid needs; the decoder ignores the rest
     if kind == "new" and head is None:
         return None
@@ -284,8 +301,9 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
     elif kind == "follow":
         h = head[1].shape[0] if head is not None else 0
         band = math.ceil(BAND_S * sr / hop)
+        stop = h + band if band_stop is None or band_stop <= h else min(h + band, band_stop)
         pinned[:covered] = True
-        pinned[h : h + band] = False
+        pinned[h:stop] = False
     if head is not None:
         h = head[1].shape[0]
         known[:h] = head[1]
