@@ -285,7 +285,7 @@ def test_batch_json_lines_with_a_bad_line(run, models, tmp_path):
     out = tmp_path / "out"
     result = run("batch", prompts, "-o", out, *models, *FAST)
     assert result.exit_code == 1
-    assert sorted(n for n in _files(out) if not n.endswith(".plan.json")) == [
+    assert sorted(n for n in _files(out) if not n.endswith((".plan.json", ".latents.safetensors"))) == [
         "003-a-blacksmith-at-work-the-forge-roars-a-hammer.wav",
         "harbor.wav",
         "library.flac",
@@ -628,14 +628,16 @@ def test_an_output_name_the_file_system_cannot_take_is_refused_up_front(run, mod
 def test_the_longest_name_the_file_system_takes_is_accepted(run, tiny_decoder, short_plan, tmp_path):
     import os
 
-    # the longest name whose plan's hidden partial name (".NAME.plan.json.XXXXXXXX.partial.json") still fits
-    room = os.pathconf(tmp_path, "PC_NAME_MAX") - len("..plan.json.12345678.partial.json")
+    # the longest name whose latents' hidden partial name (".NAME.latents.safetensors.XXXXXXXX.partial.safetensors")
+    # still fits: of the three files, the latents have the longest suffix
+    room = os.pathconf(tmp_path, "PC_NAME_MAX") - len("..latents.safetensors.12345678.partial.safetensors")
     out = tmp_path / ("s" * room + ".wav")
     result = run("render", short_plan, "-o", out, "--decoder", tiny_decoder, *FAST)
     assert result.exit_code == 0, result.output
     assert out.exists() and (tmp_path / ("s" * room + ".plan.json")).exists()
+    assert (tmp_path / ("s" * room + ".latents.safetensors")).exists()
     result = run("render", short_plan, "-o", tmp_path / ("s" * (room + 1) + ".wav"), *FAST)
-    _one_usage_error(result, "once the plan beside it", f"use a name of at most {room + 4} bytes")
+    _one_usage_error(result, "once the plan and latents beside it", f"use a name of at most {room + 4} bytes")
 
 
 def test_a_folder_named_like_the_plan_is_refused_before_any_model_loads(run, models, tmp_path, no_model_loads):

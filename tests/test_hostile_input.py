@@ -532,7 +532,9 @@ def test_one_bad_write_fails_its_line_and_the_batch_goes_on(tiny_planner, tiny_d
     assert 'got an array' in records[7].error
     stderr = " ".join(result.stderr.split())
     assert "line 2: could not write" in stderr and "line 2: line 2" not in stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a.plan.json", "a.wav", "e.plan.json", "e.wav", "manifest.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.latents.safetensors", "a.plan.json", "a.wav", "e.latents.safetensors", "e.plan.json", "e.wav", "manifest.jsonl"
+    ]  # fmt: skip
 
 
 def test_a_generated_plan_says_its_times_in_milliseconds_and_renders_the_same_samples(

@@ -280,7 +280,7 @@ def test_render_plot_draws_the_story_over_the_audio_it_wrote(run, tiny_decoder, 
     assert f"wrote {tmp_path / 'story.png'}" in " ".join(result.stderr.split())
     assert "plan alone" not in result.stderr
     assert (tmp_path / "story.png").read_bytes()[:8] == PNG_MAGIC
-    assert _files(tmp_path) == ["hand.json", "story.plan.json", "story.png", "story.wav"]
+    assert _files(tmp_path) == ["hand.json", "story.latents.safetensors", "story.plan.json", "story.png", "story.wav"]
 
 
 def test_generate_plot_and_dry_run_plot(run, tiny_planner, tiny_decoder, tmp_path):
@@ -288,7 +288,7 @@ def test_generate_plot_and_dry_run_plot(run, tiny_planner, tiny_decoder, tmp_pat
     prompt = "rain on a tin roof, then thunder"
     result = run("generate", prompt, "-o", tmp_path / "s.wav", "--duration", "3", "--plot", *models)
     assert result.exit_code == 0, result.output
-    assert _files(tmp_path) == ["s.plan.json", "s.png", "s.wav"]
+    assert _files(tmp_path) == ["s.latents.safetensors", "s.plan.json", "s.png", "s.wav"]
     # with --dry-run: the plan alone, beside -o, and no audio or plan file
     dry = tmp_path / "dry"
     dry.mkdir()

@@ -62,17 +62,21 @@ def check_story_output(
     """The audio file and the plan beside it, checked before any work (``check``: ``audio_io.check_output_path``,
     or dub's check of a video; and the plan path free or an overwritable file): both resolved. Raises
     ``InputError``/``AudioIOError``."""
+    from .editing.latents import latents_path_for
+
     given = Path(output).expanduser() if "\x00" not in os.fspath(output) else None  # NUL: check_output_path says
-    over = audio_io.name_overflow(plan_path_for(given)) if given is not None and given.suffix else 0
-    if over:  # the plan's name is the longer one: say it in terms of the name the user gave
+    over = audio_io.name_overflow(latents_path_for(plan_path_for(given))) if given is not None and given.suffix else 0
+    if over:  # the latents' name is the longest: say it in terms of the name the user gave
         size = len(os.fsencode(given.name))
         raise InputError(
             f"output name {given.name[:40]!r}... is {size} bytes: too long for this file system once the plan "
-            f"beside it ({given.stem[:20]}....plan.json) and its hidden partial file add their suffixes",
+            f"and latents beside it ({given.stem[:20]}....latents.safetensors) and their hidden partial files add "
+            "their suffixes",
             hint=f"use a name of at most {size - over} bytes",
         )
     audio = check(output)
     plan = plan_path_for(audio)
+    audio_io.check_target(latents_path_for(plan), "latents path")
     return audio, audio_io.check_target(plan, "plan path")
 
 
