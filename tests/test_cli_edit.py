@@ -106,3 +106,49 @@ def test_edit_then_render_on_the_command_line(run, tiny_sa3_small, tmp_path):
     old = audio_io.read_audio(story)[0]
     start = round(14.0 * 44100)  # event 3 starts at 14 s: everything before it is the old file's
     assert np.array_equal(a[:, :start], old[:, :start]) and not np.array_equal(a, old)
+
+
+def test_batch_lines_continue_recordings(run, tiny_planner, tiny_sa3_small, tmp_path):
+    t = np.arange(2 * 44100) / 44100
+    audio_io.write_audio(tmp_path / "in.wav", (0.2 * np.sin(2 * np.pi * 220 * t))[None].astype(np.float32), 44100)
+    lines = [
+        {"prompt": "the storm passes", "duration": 3, "output": "a.wav", "continue_from": "in.wav"},
+        {"prompt": "a quiet night", "duration": 3, "output": "b.wav", "continue_from": "in.wav", "include_input": False},
+        {"prompt": "nothing there", "duration": 3, "output": "c.wav", "continue_from": "missing.wav"},
+    ]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "out"
+    result = run("batch", prompts, "-o", out, "--planner", tiny_planner, "--decoder", tiny_sa3_small,
+                 "--steps", "2", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 1 and "missing.wav: no such file" in result.output  # the third line alone
+    a, b = audio_io.read_audio(out / "a.wav")[0], audio_io.read_audio(out / "b.wav")[0]
+    assert a.shape[1] > b.shape[1] == 3 * 44100  # a starts with the recording, b is the story alone
+    plan = json.loads((out / "a.plan.json").read_text())
+    assert plan["continue_from"]["path"] == str((tmp_path / "in.wav").resolve())
+    assert "continues an existing recording (in.wav)" in plan["prompt"]
+    again = run("render", out / "a.plan.json", "-o", tmp_path / "again.wav", "--device", "cpu")
+    assert again.exit_code == 0 and np.array_equal(audio_io.read_audio(tmp_path / "again.wav")[0], a)
+
+
+def test_extend_on_the_command_line_plans_only_what_follows(run, tiny_planner, tiny_sa3_small, tmp_path):
+    story = tmp_path / "story.wav"
+    made = run("generate", "rain on a tin roof", "--duration", "4", "--planner", tiny_planner, "--decoder",
+               tiny_sa3_small, "--steps", "2", "--device", "cpu", "-o", story)  # fmt: skip
+    assert made.exit_code == 0, made.output
+    result = run("extend", tmp_path / "story.plan.json", "then the gulls return", "--duration", "3", "-o",
+                 tmp_path / "longer.wav", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    old, new = audio_io.read_audio(story)[0], audio_io.read_audio(tmp_path / "longer.wav")[0]
+    assert new.shape[1] == 7 * 44100 and np.array_equal(new[:, : old.shape[1]], old)
+    plan = json.loads((tmp_path / "longer.plan.json").read_text())
+    assert plan["total_s"] == 7.0 and plan["history"]["edits"][0]["op"] == "extend"
+    assert min(e["start_s"] for e in plan["history"]["edits"][0]["events"]) >= 4.0
+    again = run("render", tmp_path / "longer.plan.json", "-o", tmp_path / "again.wav", "--device", "cpu")
+    assert again.exit_code == 0 and np.array_equal(audio_io.read_audio(tmp_path / "again.wav")[0], new)
+    # a hand-written plan records no planner: extend says what to give
+    hand = json.loads(Path("examples/plan.json").read_text())
+    hand["render"] = {"seed": 0, "decoder": str(tiny_sa3_small)}
+    (tmp_path / "hand.plan.json").write_text(json.dumps(hand))
+    refused = run("extend", tmp_path / "hand.plan.json", "then more", "-o", tmp_path / "h.wav")
+    assert refused.exit_code == 1 and "no planner is recorded" in refused.output

@@ -129,11 +129,27 @@ def extend_story(
     planned = plan_story(planner, request, progress=progress)
     offset, first = plan.total_s, len(plan.events)
     events = tuple(
-        replace(e, index=first + i, start_s=e.start_s + offset, seed=None) for i, e in enumerate(planned.events)
+        _no_bed_join(replace(e, index=first + i, start_s=e.start_s + offset, seed=None), plan)
+        for i, e in enumerate(planned.events)
     )
     change = Extend(prompt=prompt, events=events, total_s=offset + planned.total_s)
     change = resolve(change, plan, decoder)
     return _write_edit(decoder, conditioner, story, change, output_path, plan_path, progress, notify)
+
+
+BED_GAP_S = 0.001  # a new bed starts this much after the old story's end when an old bed ends there
+
+
+def _no_bed_join(event, plan: Plan):
+    """A new bed that would join an old bed ending at the story's end starts ``BED_GAP_S`` later: a bed that
+    joins loses its own fade-out, which would change the old part's last samples. So the old bed fades out as it
+    did, the new one fades in. Foreground events join (the first new clip continues the old last one)."""
+    ends_there = any(
+        e.layer == event.layer and abs(e.end_s - plan.total_s) < 1e-6 for e in plan.events
+    )
+    if event.layer == 0 or not ends_there or abs(event.start_s - plan.total_s) > 1e-6:
+        return event
+    return replace(event, start_s=event.start_s + BED_GAP_S, duration_s=max(BED_GAP_S, event.duration_s - BED_GAP_S))
 
 
 def extension_prompt(plan: Plan, prompt: str, duration_s: float) -> str:
