@@ -73,6 +73,8 @@ def resolve(change: Change, plan: Plan, decoder: Decoder) -> Change:
         check_strength(change.strength)
         return change if change.seed is not None else replace(change, seed=fresh_seed())
     check_event_edit(change, events, total_s)
+    if change.reroll:
+        change = replace(change, seed=fresh_seed(), reroll=False)
     if change.duration_s is None:
         return change
     return replace(change, duration_s=snapped_duration(events[change.event], change.duration_s, decoder))

@@ -41,7 +41,8 @@ class EventEdit:
     event: int  # index of the event in the plan (0-based; the CLI's ``--event N`` is N - 1)
     caption: str | None = None  # its new caption; None: unchanged
     duration_s: float | None = None  # its new duration (what follows moves with it); None: unchanged
-    seed: int | None = None  # the seed of its new clip; None: its current one (a reroll draws a fresh one)
+    seed: int | None = None  # the seed of its new clip; None: its current one
+    reroll: bool = False  # draw a fresh seed (``operations.resolve`` does, and records the seed drawn)
     op = "event"
 
 
@@ -285,7 +286,7 @@ def check_caption(caption: str) -> None:
 
 def check_event_edit(change: EventEdit, events: tuple[Event, ...], total_s: float) -> None:
     check_event_number(change.event, events)
-    if change.caption is None and change.duration_s is None and change.seed is None:
+    if change.caption is None and change.duration_s is None and change.seed is None and not change.reroll:
         raise InputError("nothing to change", hint="give --caption, --duration, --seed or --reroll")
     if change.caption is not None:
         check_caption(change.caption)
