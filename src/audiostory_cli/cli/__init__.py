@@ -1,7 +1,9 @@
 """The ``audiostory`` command: ``app.py`` (the commands), ``dub.py`` (``dub``, registered on the same app),
+``studio.py`` (``studio``, the same),
 ``options.py`` (shared options -> RenderOptions), ``display.py`` (errors, progress, tables)."""
 
 from . import dub as _dub  # noqa: F401  (registers the dub command on app)
+from . import studio as _studio  # noqa: F401  (registers the studio command on app)
 from .app import app
 
 
