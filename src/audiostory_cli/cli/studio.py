@@ -3,6 +3,7 @@ library calls as the other commands (``studio/``). Needs the studio extra."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -83,7 +84,9 @@ def studio(
         if host != LOCAL_HOST:
             stderr.print(f"audiostory: warning: --host {host}: the page, its models and the files in {folder.root} "
                          "are open to every machine that reaches this address (no login)", soft_wrap=True)  # fmt: skip
-        page = build_page(Studio(setup, given, folder, planner_model=planner_model, planner_engine=planner_engine))
+        shared = Studio(setup, given, folder, planner_model=planner_model, planner_engine=planner_engine,
+                         status=_loading)  # fmt: skip
+        page = build_page(shared)
         page.queue(default_concurrency_limit=1)
         page.launch(
             server_name=host, server_port=port or _free_port(host), share=False, allowed_paths=[str(folder.root)],
@@ -109,6 +112,13 @@ def _gradio_files_inside(folder) -> None:
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(server / "examples")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     (server / "cache").mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _loading(message: str):
+    """Each model load (on the page's first Plan or Render), as a line on stderr: once per process."""
+    stderr.print(f"audiostory: {message}", soft_wrap=True)
+    yield
 
 
 def _free_port(host: str) -> int:

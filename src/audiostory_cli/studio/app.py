@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 STUDIO_EXTRA_HINT = 'install it with `pip install "audiostory-cli[studio]"`'
 DEFAULT_DURATION_S = 20.0  # the page's first duration
+TABLE_WIDTHS = ("5%", "51%", "10%", "11%", "7%", "16%")  # of the table's columns (session.TABLE_HEADERS)
 MODELS = "models"  # the one queue slot every model call shares
 
 
@@ -87,9 +88,10 @@ def build_page(studio: Studio) -> gr.Blocks:
             render_button = gr.Button("Render", variant="primary", elem_id="render-button")
         table = gr.Dataframe(headers=list(TABLE_HEADERS), datatype=list(TABLE_TYPES), interactive=True,
                              static_columns=[0], type="array", label="Plan: edit captions, times and layers, then Render",
-                             elem_id="plan-table", wrap=True)  # fmt: skip
+                             elem_id="plan-table", wrap=True, column_widths=list(TABLE_WIDTHS))  # fmt: skip
         picture = gr.Image(label="Timeline", interactive=False, elem_id="picture", type="filepath", format="png")
-        audio = gr.Audio(label="Story", type="filepath", interactive=False, elem_id="audio")
+        player = gr.WaveformOptions(show_recording_waveform=False)  # the browser's own <audio> player
+        audio = gr.Audio(label="Story", type="filepath", interactive=False, elem_id="audio", waveform_options=player)
         with gr.Row():
             version_text = gr.Markdown("No version yet: Plan, then Render.", elem_id="version")
             undo_button = gr.Button("Undo (back to the previous version)", elem_id="undo-button")
@@ -101,7 +103,8 @@ def build_page(studio: Studio) -> gr.Blocks:
                 event = gr.Number(0, label="Event #", precision=0, minimum=0, elem_id="event")
                 play_button = gr.Button("Play event alone", elem_id="play-button")
                 reroll_button = gr.Button("Reroll", elem_id="reroll-button")
-            event_audio = gr.Audio(label="Event alone", type="numpy", interactive=False, elem_id="event-audio")
+            event_audio = gr.Audio(label="Event alone", type="numpy", interactive=False, elem_id="event-audio",
+                                   waveform_options=player)  # fmt: skip
             with gr.Row():
                 strength = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Vary strength", elem_id="strength")
                 vary_button = gr.Button("Vary", elem_id="vary-button")

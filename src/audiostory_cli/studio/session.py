@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 import numpy as np
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..registry import Models
     from ..run_setup import RunSetup
 
-TABLE_HEADERS = ("#", "caption", "start_s", "duration_s", "layer", "seed")  # the plan as the page's table
+TABLE_HEADERS = ("#", "caption", "start (s)", "duration (s)", "layer", "seed")  # the plan as the page's table
 TABLE_TYPES = ("number", "str", "number", "number", "number", "str")  # seeds are 64-bit: text, not a JS float
 MODEL_FIELDS = ("planner", "decoder", "model", "bridge")  # what the process loaded: a plan's saved value is not used
 
@@ -60,13 +60,13 @@ class Studio:
 
     def __init__(self, setup: RunSetup, given: dict[str, Any], folder: StudioFolder, *,
                  planner_model: str | None = None, planner_engine: str | None = None,
-                 load: Callable[..., Models] | None = None) -> None:  # fmt: skip
+                 status: Callable[[str], ContextManager] | None = None) -> None:  # fmt: skip
         self.setup = setup  # from run_setup.setup_run: merged options, decoder caps, device, dtype
         self.given = given  # the RenderOptions fields from the command line (None: not given)
         self.folder = folder
         self.planner_model = planner_model
         self.planner_engine = planner_engine
-        self._load = load  # registry.load_models (tests may count the calls)
+        self._status = status  # a context around each model load (the CLI: a line on stderr)
         self._models: Models | None = None
         self._lock = threading.Lock()  # one model call at a time: the models are shared
 
@@ -84,11 +84,11 @@ class Studio:
     def models(self) -> Models:
         """The planner, decoder and conditioner, loaded on first use and then kept (call under ``self._lock``)."""
         if self._models is None:
-            load = self._load
-            if load is None:
-                from ..registry import load_models as load
-            self._models = load(self.setup.options, device=self.setup.device, dtype=self.setup.dtype,
-                                planner_model=self.planner_model, planner_engine=self.planner_engine)  # fmt: skip
+            from ..registry import load_models
+
+            self._models = load_models(self.setup.options, device=self.setup.device, dtype=self.setup.dtype,
+                                       planner_model=self.planner_model, planner_engine=self.planner_engine,
+                                       status=self._status)  # fmt: skip
         return self._models
 
     # --- plan and render -------------------------------------------------------------------------------------
