@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -221,6 +220,7 @@ def _status(url: str) -> int:
         return err.code
 
 
+@pytest.mark.slow  # models load and render in the server: ~15-25 s each on 2 busy cores
 def test_plan_edit_render_through_the_api(server, tmp_path):
     url, outdir, log = server
     client = _client(server, tmp_path)
@@ -247,6 +247,7 @@ def test_plan_edit_render_through_the_api(server, tmp_path):
     assert log.read_text().count("loading decoder") == 1
 
 
+@pytest.mark.slow  # models load and render in the server: ~15-25 s each on 2 busy cores
 def test_a_bad_table_edit_is_a_message_and_writes_nothing(server, tmp_path):
     from gradio_client.exceptions import AppError
 
@@ -260,6 +261,7 @@ def test_a_bad_table_edit_is_a_message_and_writes_nothing(server, tmp_path):
     assert sorted(p.name for p in outdir.iterdir()) == before
 
 
+@pytest.mark.slow  # models load and render in the server: ~15-25 s each on 2 busy cores
 def test_versions_undo_and_load_through_the_api(server, tmp_path):
     from gradio_client.exceptions import AppError
 
@@ -295,6 +297,7 @@ def test_the_server_serves_files_of_its_folder_and_nothing_else(server, tmp_path
         assert _status(f"{url}/file={path}") in (403, 404), path
 
 
+@pytest.mark.slow  # models load and render in the server: ~15-25 s each on 2 busy cores
 def test_renders_queue_one_at_a_time_and_show_their_place(server, tmp_path):
     from gradio_client.utils import Status
 
@@ -302,11 +305,13 @@ def test_renders_queue_one_at_a_time_and_show_their_place(server, tmp_path):
     clients = [_client(server, tmp_path / str(i)) for i in range(2)]
     tables = [c.predict(PROMPT, 4, "", api_name="/plan")[0] for c in clients]
     jobs = [c.submit(t, api_name="/render") for c, t in zip(clients, tables)]
-    seen = set()
-    while not jobs[1].done():
-        status = jobs[1].status()
-        seen.add((status.code, status.rank if status.code == Status.IN_QUEUE else None))
-        time.sleep(0.02)
-    names = {job.result()[3].split("**")[1] for job in jobs}
+    names = {job.result(timeout=600)[3].split("**")[1] for job in jobs}
     assert len(names) == 2 and all((outdir / n).is_file() for n in names)
-    assert any(code == Status.IN_QUEUE and rank is not None for code, rank in seen), seen
+    updates = [[], []]
+    for job, seen in zip(jobs, updates):
+        while not job.communicator.updates.empty():
+            seen.append(job.communicator.updates.get_nowait())
+    # the later of the two waited in the queue, told its place; the bar counted clips and their steps
+    assert any(u.code == Status.IN_QUEUE and u.rank is not None for seen in updates for u in seen), updates
+    steps = [p.desc for seen in updates for u in seen for p in getattr(u, "progress_data", None) or []]
+    assert any(desc and desc.startswith("clip 1/") and ", step " in desc for desc in steps), steps

@@ -163,12 +163,14 @@ class Studio:
         return load_plan(self.folder.inside(version.plan_path, "plan file"))
 
     def event_audio(self, version: Version, event: int) -> tuple[int, np.ndarray]:
-        """One event's span cut from the version's audio: (sample rate, samples [T, channels])."""
+        """One event's span cut from the version's audio: (sample rate, 16-bit samples [T, channels]); 16-bit, as
+        Gradio would scale float samples to their own peak, and the event should sound as loud as in the story."""
         plan = self.read_version(version)
         _check_event(plan, event)
         wave, sample_rate = audio_io.read_audio(self.folder.inside(version.audio_path, "audio file"))
         start, end = mix.event_spans(plan, sample_rate)[event]
-        return sample_rate, np.ascontiguousarray(wave[:, start:end].T)
+        samples = np.clip(wave[:, start:end].T, -1.0, 1.0) * np.iinfo(np.int16).max
+        return sample_rate, np.ascontiguousarray(np.round(samples).astype(np.int16))
 
     # --- edits: the editing API ------------------------------------------------------------------------------
 
