@@ -315,3 +315,117 @@ def test_renders_queue_one_at_a_time_and_show_their_place(server, tmp_path):
     assert any(u.code == Status.IN_QUEUE and u.rank is not None for seen in updates for u in seen), updates
     steps = [p.desc for seen in updates for u in seen for p in getattr(u, "progress_data", None) or []]
     assert any(desc and desc.startswith("clip 1/") and ", step " in desc for desc in steps), steps
+
+
+# --- the page's edit calls, against the editing API's contract ---------------------------------------------------
+
+
+class _Story:
+    def __init__(self, plan_path: Path):
+        self.plan_path, self.plan = plan_path, load_plan(plan_path)
+        self.audio_path = plan_path.with_name(plan_path.name.replace(".plan.json", ".wav"))
+        self.sample_rate = sf.info(self.audio_path).samplerate
+
+
+def _fake_editing(calls: list):
+    """The editing API as its contract says (``load_story``, ``EventEdit``, ``Vary``, ``apply_edit``,
+    ``extend_story``): each edit writes the next story files with the event's span raised by 0.1."""
+    import types
+    from dataclasses import dataclass
+
+    from audiostory_cli import audio_io
+    from audiostory_cli.pipeline import StoryResult
+    from audiostory_cli.story import plan_to_json
+
+    @dataclass(frozen=True)
+    class EventEdit:
+        event: int
+        caption: str | None = None
+        duration_s: float | None = None
+        seed: int | None = None
+        reroll: bool = False
+
+    @dataclass(frozen=True)
+    class Vary:
+        event: int
+        strength: float = 0.5
+        seed: int | None = None
+
+    def apply_edit(decoder, conditioner, story, change, output, progress):
+        calls.append((change, Path(output).name))
+        progress(Progress("render", 0, 1, "event"))
+        wave, rate = sf.read(story.audio_path, always_2d=True, dtype="float32")
+        event = story.plan.events[change.event]
+        wave[round(event.start_s * rate):round(event.end_s * rate)] += 0.1
+        audio_io.write_story_files(output, wave.T, rate, str(output).replace(".wav", ".plan.json"),
+                                   plan_to_json(story.plan))  # fmt: skip
+        return StoryResult(story.plan, Path(output), Path(str(output).replace(".wav", ".plan.json")),
+                           story.plan.total_s, rate)  # fmt: skip
+
+    module = types.ModuleType("audiostory_cli.editing")
+    module.__dict__.update(load_story=_Story, EventEdit=EventEdit, Vary=Vary, apply_edit=apply_edit)
+    return module
+
+
+def test_event_edits_call_the_editing_api_and_make_versions(monkeypatch, tmp_path, tiny_sa3):
+    import audiostory_cli
+    from audiostory_cli import audio_io
+    from audiostory_cli.registry import Models
+    from audiostory_cli.run_setup import setup_run
+    from audiostory_cli.story import plan_to_json
+    from audiostory_cli.studio.session import Studio
+
+    calls: list = []
+    fake = _fake_editing(calls)
+    monkeypatch.setitem(sys.modules, "audiostory_cli.editing", fake)
+    monkeypatch.setattr(audiostory_cli, "editing", fake, raising=False)
+    setup = setup_run({"decoder": str(tiny_sa3)}, outdir=tmp_path / "out", device="cpu")
+    (tmp_path / "out").mkdir()
+    studio = Studio(setup, {}, StudioFolder(tmp_path / "out"))
+    studio._models = Models(object(), object(), object())  # the fake edits use no model
+    first = studio.folder.next_version()
+    audio_io.write_story_files(first.audio_path, np.zeros((1, 4 * 8000), np.float32), 8000, first.plan_path,
+                               plan_to_json(_plan()))  # fmt: skip
+    history = History()
+    history.push(first)
+    history.push(studio.reroll(history.current, 1))
+    history.push(studio.vary(history.current, 2, 0.3))
+    history.push(studio.recaption(history.current, 0, "  a ship's bell rings "))
+    assert calls == [(fake.EventEdit(event=1, reroll=True), "story-002.wav"),
+                     (fake.Vary(event=2, strength=0.3), "story-003.wav"),
+                     (fake.EventEdit(event=0, caption="a ship's bell rings"), "story-004.wav")]  # fmt: skip
+    assert all(v.picture_path.is_file() for v in history.versions[1:])
+    rate, alone = studio.event_audio(history.current, 1)
+    assert rate == 8000 and alone.shape == (round(1.5 * 8000), 1)
+    # each edit raised its own event's span: event 1 by the reroll and the bed's vary (the bed runs under all),
+    # event 0 by the bed's vary and its new caption
+    assert np.all(np.abs(alone / 32767 - 0.2) < 1e-3)
+    assert np.all(np.abs(studio.event_audio(history.current, 0)[1] / 32767 - 0.2) < 1e-3)
+    with pytest.raises(InputError, match="events 0 to 2"):
+        studio.reroll(history.current, 3)
+    with pytest.raises(InputError, match="caption is empty"):
+        studio.recaption(history.current, 0, "  ")
+    assert len(calls) == 3 and history.undo().audio_path.name == "story-003.wav"
+
+
+def test_a_plan_in_the_folder_loads_with_its_audio_or_alone(tmp_path, tiny_sa3):
+    from audiostory_cli import audio_io
+    from audiostory_cli.run_setup import setup_run
+    from audiostory_cli.story import plan_to_json
+    from audiostory_cli.studio.session import Studio
+
+    out = tmp_path / "out"
+    out.mkdir()
+    studio = Studio(setup_run({"decoder": str(tiny_sa3)}, outdir=out, device="cpu"), {}, StudioFolder(out))
+    audio_io.write_story_files(out / "mine.wav", np.zeros((1, 4 * 8000), np.float32), 8000, out / "mine.plan.json",
+                               plan_to_json(_plan()))  # fmt: skip
+    (out / "draft.plan.json").write_text(plan_to_json(_plan()))
+    version, plan = studio.load("mine.plan.json")
+    assert version.audio_path == out / "mine.wav" and version.picture_path.is_file() and plan == _plan()
+    assert studio.load("draft.plan.json") == (None, _plan())
+    (tmp_path / "elsewhere.plan.json").write_text(plan_to_json(_plan()))
+    (out / "link.plan.json").symlink_to(tmp_path / "elsewhere.plan.json")
+    for name, says in (("../elsewhere.plan.json", "outside"), ("link.plan.json", "leads outside"),
+                       (str(tmp_path / "elsewhere.plan.json"), "absolute path outside"), ("mine.wav", "not a plan")):
+        with pytest.raises(InputError, match=says):
+            studio.load(name)

@@ -155,6 +155,9 @@ def build_page(studio: Studio) -> gr.Blocks:
         @_shown_errors
         def on_load(name: str, versions: History):
             version, plan = studio.load(name)
+            if version is None:  # a plan without audio: into the table, to render
+                unchanged = [gr.update()] * (len(shown) - 3)
+                return (plan, plan_rows(plan), _png(studio.plan_picture(plan)), *unchanged, versions)
             versions.push(version)
             return (*show(version, plan, versions), versions)
 

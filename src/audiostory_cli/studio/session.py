@@ -141,8 +141,9 @@ class Studio:
 
     # --- the folder ------------------------------------------------------------------------------------------
 
-    def load(self, name: str) -> tuple[Version, Plan]:
-        """A plan file in the folder (chosen on the page) and the audio beside it, as a version to start from."""
+    def load(self, name: str) -> tuple[Version | None, Plan]:
+        """A plan file in the folder (chosen on the page), with the audio beside it as a version to start from;
+        without audio, the plan alone (None), to render."""
         from ..plot import find_audio, read_story_audio, write_plot
 
         plan_path = self.folder.inside(name, "plan file")
@@ -151,12 +152,11 @@ class Studio:
         plan = load_plan(plan_path)
         audio_path = find_audio(plan_path)
         if audio_path is None:
-            raise InputError(f"{plan_path.name} has no audio beside it", hint="render it on the page (Render)")
+            return None, plan
         audio_path = self.folder.inside(audio_path, "audio file")
-        read_story_audio(audio_path, plan)  # the right length, or one clear line
-        stem = plan_path.name[: -len(".plan.json")]
-        picture = self.folder.root / f"{stem}.png"
-        write_plot(plan, picture, audio=read_story_audio(audio_path, plan))
+        audio = read_story_audio(audio_path, plan)  # the right length, or one clear line
+        picture = self.folder.inside(plan_path.name[: -len(".plan.json")] + ".png", "picture")
+        write_plot(plan, picture, audio=audio)
         return Version(0, audio_path, plan_path, picture), plan
 
     def read_version(self, version: Version) -> Plan:
