@@ -429,3 +429,19 @@ def test_a_plan_in_the_folder_loads_with_its_audio_or_alone(tmp_path, tiny_sa3):
                        (str(tmp_path / "elsewhere.plan.json"), "absolute path outside"), ("mine.wav", "not a plan")):
         with pytest.raises(InputError, match=says):
             studio.load(name)
+
+
+def test_without_the_editing_api_an_edit_is_one_message(monkeypatch, tmp_path, tiny_sa3):
+    import audiostory_cli
+    from audiostory_cli.run_setup import setup_run
+    from audiostory_cli.studio.session import Studio
+
+    monkeypatch.setitem(sys.modules, "audiostory_cli.editing", None)
+    monkeypatch.delattr(audiostory_cli, "editing", raising=False)
+    (tmp_path / "out").mkdir()
+    studio = Studio(setup_run({"decoder": str(tiny_sa3)}, outdir=tmp_path / "out", device="cpu"), {},
+                    StudioFolder(tmp_path / "out"))  # fmt: skip
+    for edit in (lambda v: studio.reroll(v, 0), lambda v: studio.vary(v, 0, 0.5),
+                 lambda v: studio.recaption(v, 0, "x"), lambda v: studio.extend(v, "then gulls", 5.0)):
+        with pytest.raises(InputError, match="no editing operations"):
+            edit(studio.folder.version(1))

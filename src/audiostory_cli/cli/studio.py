@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import AudiostoryError
 from .app import _notify, app
 from .display import errors, stderr
 from .options import (
@@ -88,11 +89,16 @@ def studio(
                          status=_loading)  # fmt: skip
         page = build_page(shared)
         page.queue(default_concurrency_limit=1)
-        page.launch(
-            server_name=host, server_port=port or _free_port(host), share=False, allowed_paths=[str(folder.root)],
-            blocked_paths=[], prevent_thread_lock=True, quiet=True, ssr_mode=False, show_error=False,
-            max_file_size="16mb", inbrowser=False,
-        )  # fmt: skip
+        try:
+            page.launch(
+                server_name=host, server_port=port or _free_port(host), share=False, allowed_paths=[str(folder.root)],
+                blocked_paths=[], prevent_thread_lock=True, quiet=True, ssr_mode=False, show_error=False,
+                max_file_size="16mb", inbrowser=False,
+            )  # fmt: skip
+        except OSError as err:  # the port taken, an address this machine does not have
+            why = "the port is in use" if "empty port" in str(err) else err.strerror or err
+            raise AudiostoryError(f"cannot serve on {host} port {port}: {why}",
+                                  hint="choose another --port (0: any free one) or --host") from None
     typer.echo(page.local_url, nl=True)
     stderr.print(f"audiostory studio: serving {page.local_url} (files in {folder.root}); Ctrl+C stops it",
                  soft_wrap=True)  # fmt: skip

@@ -176,21 +176,18 @@ class Studio:
 
     def reroll(self, version: Version, event: int, *, progress: ProgressFn = no_progress) -> Version:
         """Event ``event`` again with a new seed, everything else kept."""
-        from .. import editing
-
+        editing = _editing()
         return self._edit(version, lambda: editing.EventEdit(event=event, reroll=True), event, progress)
 
     def vary(self, version: Version, event: int, strength: float, *, progress: ProgressFn = no_progress) -> Version:
         """A variation of event ``event`` (``strength`` 0: the same, 1: a new take)."""
-        from .. import editing
-
+        editing = _editing()
         return self._edit(version, lambda: editing.Vary(event=event, strength=strength), event, progress)
 
     def recaption(self, version: Version, event: int, caption: str, *,
                   progress: ProgressFn = no_progress) -> Version:  # fmt: skip
         """Event ``event`` re-rendered with a new caption, everything else kept."""
-        from .. import editing
-
+        editing = _editing()
         caption = (caption or "").strip()
         if not caption:
             raise InputError("the new caption is empty", hint="say what is heard in this event")
@@ -199,8 +196,7 @@ class Studio:
     def extend(self, version: Version, prompt: str, duration_s: float, *,
                progress: ProgressFn = no_progress) -> Version:  # fmt: skip
         """The story continued by ``duration_s`` seconds of what ``prompt`` says happens next."""
-        from .. import editing
-
+        editing = _editing()
         prompt = (prompt or "").strip()
         check_prompt(prompt)
         with self._lock:
@@ -212,8 +208,7 @@ class Studio:
         return self._drawn(out, result)
 
     def _edit(self, version: Version, change: Callable[[], Any], event: int, progress: ProgressFn) -> Version:
-        from .. import editing
-
+        editing = _editing()
         with self._lock:
             models = self.models()
             story = editing.load_story(self.folder.inside(version.plan_path, "plan file"))
@@ -222,6 +217,18 @@ class Studio:
             result = editing.apply_edit(models.decoder, models.conditioner, story, change(), out.audio_path,
                                         progress=progress)  # fmt: skip
         return self._drawn(out, result)
+
+
+def _editing():
+    """The editing operations (``audiostory_cli.editing``), or one line saying this version lacks them."""
+    try:
+        from .. import editing
+    except ImportError as err:
+        if err.name not in ("audiostory_cli.editing", "editing"):
+            raise
+        raise InputError("this audiostory has no editing operations (audiostory_cli.editing): reroll, vary, a "
+                         "new caption and extend need them", hint="update audiostory") from None
+    return editing
 
 
 # --- the plan as a table ---------------------------------------------------------------------------------------
