@@ -64,11 +64,15 @@ def _plan_and_render(page, outdir: Path, seconds: int) -> tuple[Path, float, str
     cell = page.locator('#plan-table [data-testid="cell-0-1"]')
     cell.wait_for()
     planned_picture = page.locator("#picture img").get_attribute("src")
-    cell.dblclick()
-    page.keyboard.press("Control+A")
-    page.keyboard.type(NEW_CAPTION)
-    page.keyboard.press("Enter")
+    _type_into(page, cell, NEW_CAPTION)
     assert cell.inner_text().startswith(NEW_CAPTION)  # (then the cell menu button, ⋮)
+    start = page.locator('#plan-table [data-testid="cell-0-2"]')
+    planned_start = start.inner_text().strip().split()[0]
+    _type_into(page, start, "99")  # past the story's end: one message on the page, no traceback
+    toast = page.locator('[data-testid="toast-body"]', has_text="start_s = 99: must be >= 0 and < total_s")
+    toast.first.wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()
+    _type_into(page, start, planned_start)
     page.locator("#render-button").click()
     page.wait_for_function("() => document.querySelector('#version').innerText.includes('story-')")
     name = page.locator("#version").inner_text().split("Version ")[1].split(" ")[0]
@@ -76,6 +80,13 @@ def _plan_and_render(page, outdir: Path, seconds: int) -> tuple[Path, float, str
     picture = page.locator("#picture img").get_attribute("src")
     assert picture != planned_picture and name.replace(".wav", ".png") in picture
     return outdir / name, duration, picture
+
+
+def _type_into(page, cell, text: str) -> None:
+    cell.dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
 
 
 def _audio_duration(page, where: str) -> float:
@@ -107,8 +118,7 @@ def test_prompt_plan_edit_render_play_in_chromium(browser_page, page_server):
     assert abs(alone - plan.events[0].duration_s) < 0.01
     shot = os.environ.get("AUDIOSTORY_SCREENSHOT")
     if shot:
-        page.locator("#event-audio").scroll_into_view_if_needed()
-        page.evaluate("window.scrollTo(0, 0)")
+        page.evaluate("window.scrollTo(0, 0); document.querySelectorAll('.toast-wrap').forEach((t) => t.remove())")
         page.screenshot(path=shot, full_page=True)
 
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 

@@ -87,8 +87,9 @@ def build_page(studio: Studio) -> gr.Blocks:
             plan_button = gr.Button("Plan", variant="primary", elem_id="plan-button")
             render_button = gr.Button("Render", variant="primary", elem_id="render-button")
         table = gr.Dataframe(headers=list(TABLE_HEADERS), datatype=list(TABLE_TYPES), interactive=True,
-                             static_columns=[0], type="array", label="Plan: edit captions, times and layers, then Render",
-                             elem_id="plan-table", wrap=True, column_widths=list(TABLE_WIDTHS))  # fmt: skip
+                             static_columns=[0], type="array", elem_id="plan-table", wrap=True,
+                             label="Plan: edit captions, times and layers, then Render",
+                             column_widths=list(TABLE_WIDTHS))  # fmt: skip
         picture = gr.Image(label="Timeline", interactive=False, elem_id="picture", type="filepath", format="png")
         player = gr.WaveformOptions(show_recording_waveform=False)  # the browser's own <audio> player
         audio = gr.Audio(label="Story", type="filepath", interactive=False, elem_id="audio", waveform_options=player)
@@ -152,6 +153,14 @@ def build_page(studio: Studio) -> gr.Blocks:
             versions.push(version)
             return (*show(version, studio.read_version(version), versions), versions)
 
+        def on_table_edit(plan: Plan | None, rows: Any) -> None:
+            """Each edit of the table checked at once: a bad value is a warning on the page (Render refuses it)."""
+            if plan is not None:
+                try:
+                    plan_from_rows(plan, _rows(rows))
+                except AudiostoryError as err:
+                    gr.Warning(str(err))
+
         @_shown_errors
         def on_load(name: str, versions: History):
             version, plan = studio.load(name)
@@ -184,6 +193,7 @@ def build_page(studio: Studio) -> gr.Blocks:
                           **model_event)  # fmt: skip
         render_button.click(on_render, [plan_state, table, history], [*shown, history], api_name="render",
                             **model_event)  # fmt: skip
+        table.input(on_table_edit, [plan_state, table], None, api_visibility="private")
         load_button.click(on_load, [plans, history], [*shown, history], api_name="load")
         undo_button.click(on_undo, [history], [*shown, history], api_name="undo")
         play_button.click(on_play, [history, event], [event_audio], api_name="play_event")
