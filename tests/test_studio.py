@@ -300,7 +300,7 @@ def test_the_server_serves_files_of_its_folder_and_nothing_else(server, tmp_path
 def test_renders_queue_one_at_a_time_and_show_their_place(server, tmp_path):
     from gradio_client.utils import Status
 
-    url, outdir, _ = server
+    url, outdir, log = server
     clients = [_client(server, tmp_path / str(i)) for i in range(2)]
     tables = [c.predict(PROMPT, 4, "", api_name="/plan")[0] for c in clients]
     jobs = [c.submit(t, api_name="/render") for c, t in zip(clients, tables)]
@@ -314,6 +314,7 @@ def test_renders_queue_one_at_a_time_and_show_their_place(server, tmp_path):
     assert any(u.code == Status.IN_QUEUE and u.rank is not None for seen in updates for u in seen), updates
     steps = [p.desc for seen in updates for u in seen for p in getattr(u, "progress_data", None) or []]
     assert any(desc and desc.startswith("clip 1/") and ", step " in desc for desc in steps), steps
+    assert [log.read_text().count(f"loading {m}") for m in ("planner", "decoder")] == [1, 1]  # shared by all tabs
 
 
 # --- the page's edit calls, against the editing API's contract ---------------------------------------------------
