@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 TABLE_HEADERS = ("#", "caption", "start (s)", "duration (s)", "layer", "seed")  # the plan as the page's table
 TABLE_TYPES = ("number", "str", "number", "number", "number", "str")  # seeds are 64-bit: text, not a JS float
-MODEL_FIELDS = ("planner", "decoder", "model", "bridge")  # what the process loaded: a plan's saved value is not used
+MODEL_FIELDS = ("decoder", "model", "bridge")  # what the process renders with: a plan's saved value is not used
+#   (the planner is the plan's own record of who wrote it, kept)
 
 
 class History:
