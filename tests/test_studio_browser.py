@@ -1,0 +1,147 @@
+"""The studio page in a real browser: Debian's chromium, driven by Playwright, against ``audiostory studio`` on
+the tiny models. Marked ``browser`` and ``slow``: ``python -m pytest -q -m browser tests/test_studio_browser.py``.
+``AUDIOSTORY_SCREENSHOT=docs/studio.png`` saves the page once the story is rendered."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from audiostory_cli.story import load_plan
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("AUDIOSTORY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+PROMPT = "rain on a tin roof, then thunder"
+NEW_CAPTION = "heavy rain drums on a tin roof"
+WAIT_MS = 240_000  # a plan or a render on a busy 2-core machine, the models loading first
+
+
+def _needs() -> str | None:
+    for module in ("gradio", "gradio_client", "playwright"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install -e '.[studio,test]')"
+    if not Path(CHROMIUM).is_file():
+        return f"no chromium at {CHROMIUM} (apt-get install chromium, or set AUDIOSTORY_CHROMIUM)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def page_server(tiny_planner, tiny_sa3, tmp_path_factory):
+    if (why := _needs()) is not None:
+        pytest.skip(why)
+    from studio_server import studio_server
+
+    root = tmp_path_factory.mktemp("studio-browser")
+    with studio_server(root / "out", str(tiny_planner), str(tiny_sa3), cwd=root) as (url, _, _log):
+        yield url, root / "out"
+
+
+@pytest.fixture
+def browser_page(page_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1500})
+        page.set_default_timeout(WAIT_MS)
+        page.goto(page_server[0])
+        yield page
+        browser.close()
+
+
+def _plan_and_render(page, outdir: Path, seconds: int) -> tuple[Path, float, str]:
+    """Prompt -> Plan -> change the first caption in the table -> Render; the version's audio, the <audio>
+    element's duration and the picture's address."""
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#duration input").fill(str(seconds))
+    page.locator("#plan-button").click()
+    cell = page.locator('#plan-table [data-testid="cell-0-1"]')
+    cell.wait_for()
+    planned_picture = page.locator("#picture img").get_attribute("src")
+    _type_into(page, cell, NEW_CAPTION)
+    assert cell.inner_text().startswith(NEW_CAPTION)  # (then the cell menu button, ⋮)
+    start = page.locator('#plan-table [data-testid="cell-0-2"]')
+    planned_start = start.inner_text().strip().split()[0]
+    _type_into(page, start, "99")  # past the story's end: one message on the page, no traceback
+    toast = page.locator('[data-testid="toast-body"]', has_text="start_s = 99: must be >= 0 and < total_s")
+    toast.first.wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()
+    _type_into(page, start, planned_start)
+    page.locator("#render-button").click()
+    page.wait_for_function("() => document.querySelector('#version').innerText.includes('story-')")
+    name = page.locator("#version").inner_text().split("Version ")[1].split(" ")[0]
+    duration = _audio_duration(page, "#audio")
+    picture = page.locator("#picture img").get_attribute("src")
+    assert picture != planned_picture and name.replace(".wav", ".png") in picture
+    return outdir / name, duration, picture
+
+
+def _type_into(page, cell, text: str) -> None:
+    cell.dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+
+
+def _audio_duration(page, where: str) -> float:
+    return page.evaluate(
+        """(where) => new Promise((done) => {
+            const wait = () => {
+                const audio = document.querySelector(where + ' audio');
+                if (!audio || !audio.src) return setTimeout(wait, 100);
+                if (audio.readyState >= 1 && isFinite(audio.duration)) return done(audio.duration);
+                audio.addEventListener('loadedmetadata', () => done(audio.duration), {once: true});
+                audio.load();
+            };
+            wait();
+        })""",
+        where,
+    )
+
+
+def test_prompt_plan_edit_render_play_in_chromium(browser_page, page_server):
+    page, outdir = browser_page, page_server[1]
+    audio_path, duration, _ = _plan_and_render(page, outdir, 4)
+    plan = load_plan(audio_path.with_name(audio_path.stem + ".plan.json"))
+    assert plan.events[0].caption == NEW_CAPTION
+    assert abs(duration - plan.total_s) < 0.01 and abs(duration - 4) < 0.01
+    assert abs(sf.info(audio_path).duration - plan.total_s) < 1e-6
+    page.locator("#event input").fill("0")
+    page.locator("#play-button").click()
+    alone = _audio_duration(page, "#event-audio")
+    assert abs(alone - plan.events[0].duration_s) < 0.01
+    shot = os.environ.get("AUDIOSTORY_SCREENSHOT")
+    if shot:
+        page.evaluate("window.scrollTo(0, 0); document.querySelectorAll('.toast-wrap').forEach((t) => t.remove())")
+        page.screenshot(path=shot, full_page=True)
+
+
+def test_reroll_changes_only_that_event_s_span(browser_page, page_server):
+    if importlib.util.find_spec("audiostory_cli.editing") is None:
+        pytest.skip("needs editing API (audiostory_cli.editing)")
+    import numpy as np
+
+    from audiostory_cli import mix
+
+    page, outdir = browser_page, page_server[1]
+    before_path, _, picture = _plan_and_render(page, outdir, 4)
+    before, rate = sf.read(before_path, always_2d=True)
+    plan = load_plan(before_path.with_name(before_path.stem + ".plan.json"))
+    event = len(plan.events) - 1
+    page.locator("#event input").fill(str(event))
+    page.locator("#reroll-button").click()
+    page.wait_for_function(f"() => !document.querySelector('#version').innerText.includes('{before_path.name}')")
+    after_name = page.locator("#version").inner_text().split("Version ")[1].split(" ")[0]
+    after, _ = sf.read(outdir / after_name, always_2d=True)
+    assert page.locator("#picture img").get_attribute("src") != picture
+    start, end = mix.event_spans(plan, rate)[event]
+    fade = round((plan.render.crossfade_s if plan.render else 0) * rate)
+    changed = np.flatnonzero(np.abs(after - before).max(axis=1) > 1e-6)
+    assert changed.size > 0
+    assert changed.min() >= start - fade and changed.max() < end + fade
