@@ -11,18 +11,32 @@ events over ``--duration`` seconds) in several configurations and times each sta
   continuation, batches), ``no-continuation`` the same with ``continuation=False``, ``compiled`` the default
   with the DiT under ``torch.compile`` (``--compile``).
 
+Stable Audio 3 (``--sa3``, or Small-SFX's sizes with random weights) renders the same story on our paths at its
+own ``--sa3-steps`` (8), measured, not projected: upstream is TangoFlux's loop.
+
 Stages: load (once per dtype, shared by every row: both loops load the same files), text encoding, DiT per
 denoising step, VAE decode, everything else in the render, mix and write; peak memory (RSS sampled on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA). The 50-step figures are projected from the measured fixed costs
-and per-step cost: ``fixed + 50 x per step``. The table goes to stdout, last the line
-``speedup at 50 steps: N.NNx (measured at K steps on DEVICE)`` (the default path against upstream, same
-dtype); notes to stderr; every number to ``--out`` JSON.
+and per-step cost: ``fixed + 50 x per step``.
+
+Efficiency: every matrix product of a render is counted from its operands' shapes (``FlopCounter``: Linear
+``2 M K N``, Conv1d ``2 B Cout Lout Cin/g k``, ConvTranspose1d ``2 B Cin Lin Cout/g k``, SDPA ``4 B H Lq Lk D``),
+per stage; in the same run a matmul at the DiT's largest product measures this machine's peak in fp32 and
+bf16 (``matmul_peak``); the efficiency table gives per stage GFLOP, seconds, GFLOP/s and the fraction of the
+peak of the stage's dtype. The first stdout line names the CPU and the features found (``avx2``,
+``avx512_bf16``, ``amx_*`` from ``/proc/cpuinfo``, torch's capability) and the load average.
+
+Stdout: the CPU line, per decoder its peak and stage table, the efficiency table, then the last lines
+``speedup at 50 steps: N.NNx (measured at K steps on DEVICE)`` (TangoFlux's default path against upstream,
+same dtype) and ``realtime factor at 8 steps: N.Nx (...)`` (Stable Audio 3: story seconds per second of
+render, models loaded); notes to stderr; every number to ``--out`` JSON.
 
 Data flow: ``weights -> registry.load_decoder (per dtype) -> per configuration: render with timers on
-text_encoder / DiT / VAE -> stage table -> projection``.
+text_encoder / DiT / VAE and the FLOP counter -> stage table -> matmul peak -> efficiency -> last lines``.
 
-    python benchmarks/speed.py                                   # tiny random TangoFlux: the machinery, seconds
-    python benchmarks/speed.py --size real --steps 2 --device cpu    # TangoFlux's real sizes, random weights
+    python benchmarks/speed.py                                   # tiny random TangoFlux + SA3: the machinery, seconds
+    python benchmarks/speed.py --size real --steps 2 --device cpu    # real sizes, random weights (both decoders)
+    python benchmarks/speed.py --size real --decoders sa3 --configs default   # SA3 Small alone: the realtime factor
     python benchmarks/speed.py --decoder checkpoints/TangoFlux --steps 50 --device cuda --dtype bf16
 """
 
@@ -48,6 +62,7 @@ UPSTREAM_WINDOW = 645  # latent frames TangoFlux denoises for every clip (30 s)
 UPSTREAM_CROSSFADE_S = 3.0  # AudioStory's --crossfade_sec default
 UPSTREAM_SAMPLE_RATE = 32000  # AudioStory's --target_sr default
 CONFIGS = ("upstream", "default", "no-continuation", "compiled")
+DECODERS = ("tangoflux", "sa3")  # what --decoders names: TangoFlux (with the upstream loop), Stable Audio 3 Small
 CAPTIONS = (  # the events of the synthetic story, cycled
     "waves break on pebbles and pull back with a hiss",
     "a wooden door creaks open, then footsteps on gravel",
@@ -69,8 +84,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="speed.py", description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", help="TangoFlux-layout folder; default: random weights built by "
                         "audiostory_cli.testing at --size")  # fmt: skip
-    parser.add_argument("--size", choices=("tiny", "real"), default="tiny", help="size of the built weights")
-    parser.add_argument("--steps", type=int, default=2, help="denoising steps measured (default 2)")
+    parser.add_argument("--sa3", help="Stable Audio 3 folder (either layout); default: random weights at --size "
+                        "(Small-SFX's sizes)")  # fmt: skip
+    parser.add_argument("--decoders", help="comma list of tangoflux, sa3 (default: both; only the one whose "
+                        "folder is given when one of --decoder/--sa3 is)")  # fmt: skip
+    parser.add_argument("--size", choices=("tiny", "real"), default="tiny", help="size of the built weights: "
+                        "tiny (seconds: the machinery, as the tests run it) or real (the published sizes)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=2, help="TangoFlux's denoising steps measured (default 2)")
+    parser.add_argument("--sa3-steps", type=int, default=8, help="Stable Audio 3's steps, measured, not projected "
+                        "(default 8, its own)")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--dtype", default="auto", help="comma list of auto, fp32, bf16, fp16, or 'all' (every "
                         "dtype that runs on the device); upstream runs in the first")  # fmt: skip
@@ -92,8 +114,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
-    if args.steps < 1 or args.events < 1 or not 0 < args.duration <= 600:
-        parser.error("--steps and --events must be >= 1 and --duration in (0, 600] seconds")
+    if args.steps < 1 or args.sa3_steps < 1 or args.events < 1 or not 0 < args.duration <= 600:
+        parser.error("--steps, --sa3-steps and --events must be >= 1 and --duration in (0, 600] seconds")
+    if args.decoders is None:
+        given = [name for name, folder in (("tangoflux", args.decoder), ("sa3", args.sa3)) if folder]
+        args.decoders = given or list(DECODERS)
+    else:
+        args.decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
+        if not args.decoders or any(d not in DECODERS for d in args.decoders):
+            parser.error(f"--decoders: a comma list of {', '.join(DECODERS)}")
     return args
 
 
@@ -109,9 +138,19 @@ class Timer:
     def __init__(self, device) -> None:
         self.cuda = device.type == "cuda"
         self.spans: dict[str, list] = {}
+        self.open: list[str] = []  # the stages entered and not left, innermost last (``FlopCounter`` reads it)
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
+        self.open.append(stage)
+        try:
+            with self._span(stage):
+                yield
+        finally:
+            self.open.pop()
+
+    @contextlib.contextmanager
+    def _span(self, stage: str):
         if self.cuda and stage not in self.HOST_STAGES:
             import torch
 
@@ -181,6 +220,127 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class FlopCounter:
+    """Floating-point operations of every matrix product a render runs, counted from the operands' shapes and
+    added to the innermost open stage of ``timer`` ("other" outside every stage). One multiply-add is 2 FLOPs:
+
+    - ``nn.Linear``, input [..., K] -> [..., N], M = rows of the input: ``2 M K N``;
+    - ``nn.Conv1d``, [B, Cin, Lin] -> [B, Cout, Lout], kernel k, g groups: ``2 B Cout Lout (Cin / g) k``;
+    - ``nn.ConvTranspose1d``, the same product run backwards: ``2 B Cin Lin (Cout / g) k``;
+    - ``F.scaled_dot_product_attention``, q [B, H, Lq, D], k/v [B, H, Lk, D]: ``4 B H Lq Lk D`` (QK^T and AV;
+      a mask does not lower it, the kernels compute the masked scores too).
+
+    Elementwise work (norms, activations, RoPE, casts, the scheduler) is not counted: it is in a stage's time,
+    not in its FLOPs, so the fraction of the matrix peak shows what it costs. Also keeps, per stage, the
+    weight dtype that carried most FLOPs and the largest Linear product (M, K, N): where the peak is measured."""
+
+    def __init__(self, timer: Timer) -> None:
+        self.timer = timer
+        self.flops: dict[str, float] = {}
+        self.by_dtype: dict[str, dict[str, float]] = {}  # stage -> weight dtype -> FLOPs
+        self.largest: dict[str, tuple[int, int, int]] = {}  # stage -> the largest Linear product (M, K, N)
+
+    def _add(self, flops: float, dtype, shape: tuple[int, int, int] | None = None) -> None:
+        stage = self.timer.open[-1] if self.timer.open else "other"
+        self.flops[stage] = self.flops.get(stage, 0.0) + flops
+        per = self.by_dtype.setdefault(stage, {})
+        per[DTYPE_NAMES.get(str(dtype), str(dtype))] = per.get(DTYPE_NAMES.get(str(dtype), str(dtype)), 0.0) + flops
+        if shape is not None and math.prod(shape) > math.prod(self.largest.get(stage, (0, 0, 0))):
+            self.largest[stage] = shape
+
+    def _module_hook(self, module, inputs, output) -> None:
+        import torch
+
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if x is None or not isinstance(output, torch.Tensor):
+            return
+        if isinstance(module, torch.nn.Linear):
+            m = x.numel() // module.in_features
+            self._add(2.0 * m * module.in_features * module.out_features, module.weight.dtype,
+                      (m, module.in_features, module.out_features))  # fmt: skip
+        elif isinstance(module, torch.nn.Conv1d):
+            b, cout, lout = output.shape if output.dim() == 3 else (1, *output.shape)
+            k = module.kernel_size[0]
+            self._add(2.0 * b * cout * lout * (module.in_channels // module.groups) * k, module.weight.dtype)
+        elif isinstance(module, torch.nn.ConvTranspose1d):
+            b, cin, lin = x.shape if x.dim() == 3 else (1, *x.shape)
+            k = module.kernel_size[0]
+            self._add(2.0 * b * cin * lin * (module.out_channels // module.groups) * k, module.weight.dtype)
+
+    @contextlib.contextmanager
+    def active(self):
+        """Count while inside: a global module forward hook, and ``F.scaled_dot_product_attention`` wrapped."""
+        import torch
+        import torch.nn.functional as F
+
+        sdpa = F.scaled_dot_product_attention
+
+        def counted_sdpa(query, key, *args, **kwargs):
+            *batch, lq, d = query.shape
+            self._add(4.0 * math.prod(batch) * lq * key.shape[-2] * d, query.dtype)
+            return sdpa(query, key, *args, **kwargs)
+
+        handle = torch.nn.modules.module.register_module_forward_hook(self._module_hook)
+        F.scaled_dot_product_attention = counted_sdpa
+        try:
+            yield self
+        finally:
+            F.scaled_dot_product_attention = sdpa
+            handle.remove()
+
+    def dtype_of(self, stage: str) -> str:
+        per = self.by_dtype.get(stage, {})
+        return max(per, key=per.get) if per else "fp32"
+
+
+DTYPE_NAMES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> dict:
+    """This CPU: its model name, the matrix-relevant flags ``/proc/cpuinfo`` lists (``CPU_FEATURES``), torch's
+    own capability (``torch.backends.cpu.get_cpu_capability``: it stops at AVX512), threads and the load."""
+    import torch
+
+    name, flags = "unknown", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and name == "unknown":
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        capability = "unknown"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"model": name, "features": [f for f in CPU_FEATURES if f in flags], "torch_capability": capability,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": load}  # fmt: skip
+
+
+def matmul_peak(shape: tuple[int, int, int], dtype_name: str, device, budget_s: float = 0.3) -> float:
+    """FLOP/s of this machine's matrix product [M, K] @ [K, N] in ``dtype_name``, at ``shape`` (the model's
+    largest Linear): the best of the runs after the first, at least two, until about ``budget_s`` seconds."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    m, k, n = shape
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=generator).to(device, dtype)
+    b = torch.randn(k, n, generator=generator).to(device, dtype)
+    times: list[float] = []
+    while len(times) < 2 or (sum(times) < budget_s and len(times) < 50):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return 2.0 * m * k * n / min(times[1:])
+
+
 def sync(device) -> None:
     if device.type == "cuda":
         import torch
@@ -192,7 +352,7 @@ def sync(device) -> None:
 def patched(obj, name: str, timer: Timer, stage: str):
     """Time every call of ``obj.name`` as ``stage`` (an instance attribute shadowing the method); nothing
     when ``obj`` has no such method (another backend)."""
-    original = getattr(obj, name, None)
+    original = None if obj is None else getattr(obj, name, None)
     if original is None:
         yield
         return
@@ -316,8 +476,8 @@ def _smooth_concatenate(clips: list[np.ndarray], sample_rate: int, transition_s:
 
 
 def our_story(decoder, plan, options, batch_size: int, output: Path, timer: Timer):
-    """``pipeline.render_to_file`` with the stages timed: conditioning (text), the DiT, the VAE (where the
-    backend has TangoFlux's ``_velocity`` and ``vae.decode``)."""
+    """``pipeline.render_to_file`` with the stages timed: conditioning (text), the DiT (TangoFlux's
+    ``_velocity``, or the backend's ``transformer``: Stable Audio 3's), the VAE (``vae.decode``)."""
     import soundfile as sf
 
     from audiostory_cli.conditioning.residual import ResidualConditioner
@@ -328,6 +488,7 @@ def our_story(decoder, plan, options, batch_size: int, output: Path, timer: Time
         patched(conditioner, "condition", timer, "text"),
         patched(decoder, "render", timer, "render"),
         patched(decoder, "_velocity", timer, "dit"),
+        patched(None if hasattr(decoder, "_velocity") else getattr(decoder, "transformer", None), "forward", timer, "dit"),
         patched(getattr(decoder, "vae", None), "decode", timer, "vae"),
     ):
         render_to_file(decoder, plan, dataclasses.replace(options, batch_size=batch_size), conditioner, output)
@@ -344,6 +505,7 @@ class Row:
 
     config: str
     dtype: str
+    decoder: str  # "TangoFlux", "Stable Audio 3": the backend's caps name
     batch_size: int
     load_s: float
     text_s: float
@@ -356,6 +518,10 @@ class Row:
     peak_bytes: int
     steps: int
     project_steps: int = PROJECTED_STEPS  # steps ``projected_s`` projects to
+    flops: dict = dataclasses.field(default_factory=dict)  # stage -> FLOPs of the render (``FlopCounter``)
+    stage_dtypes: dict = dataclasses.field(default_factory=dict)  # stage -> the dtype that carried its FLOPs
+    largest: dict = dataclasses.field(default_factory=dict)  # stage -> its largest Linear product (M, K, N)
+    story_s: float = 0.0  # seconds of audio rendered
 
     @property
     def fixed_s(self) -> float:
@@ -376,9 +542,10 @@ def run_config(config: str, decoder, load_s: float, dtype_name: str, plan, args,
     decoder.compile = config == "compiled"
     batch_size = resolve_batch_size(args.batch_size, decoder)
     timer = Timer(device)
+    counter = FlopCounter(timer)
     output = scratch / f"{config}-{dtype_name}.wav"
     sync(device)
-    with PeakMemory(device) as memory:
+    with PeakMemory(device) as memory, counter.active():
         started = time.perf_counter()
         if config == "upstream":
             wave = upstream_story(decoder, plan, args.steps, options.guidance, args.seed, output, timer)
@@ -404,8 +571,9 @@ def run_config(config: str, decoder, load_s: float, dtype_name: str, plan, args,
             step_s = (render - total("vae")) / args.steps
         other = max(0.0, render - step_s * args.steps - compile_s - total("vae"))
         mix_write = wall - total("text") - render
-    row = Row(config, dtype_name, batch_size, load_s, total("text"), step_s, compile_s, total("vae"), other,
-              mix_write, wall + load_s, memory.peak, args.steps, args.project_steps)  # fmt: skip
+    row = Row(config, dtype_name, decoder.caps.name, batch_size, load_s, total("text"), step_s, compile_s,
+              total("vae"), other, mix_write, wall + load_s, memory.peak, args.steps, args.project_steps,
+              counter.flops, {k: counter.dtype_of(k) for k in counter.flops}, counter.largest, plan.total_s)  # fmt: skip
     return row, wave
 
 
@@ -465,6 +633,38 @@ def format_table(rows: list[Row], reference: Row | None) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     table = "\n".join(lines).replace("(K steps)", f"({rows[0].steps} steps)")
     return table.replace("(P steps)", f"({rows[0].project_steps} steps)")
+
+
+def format_cpu(cpu: dict) -> str:
+    features = " ".join(cpu["features"]) or "none of " + " ".join(CPU_FEATURES)
+    return (f"cpu: {cpu['model']}; features: {features}; torch capability {cpu['torch_capability']}; "
+            f"{cpu['threads']} threads on {cpu['cpus']} CPUs; load average {cpu['load_average']:.2f} at start")
+
+
+EFFICIENCY_STAGES = (("text", "text"), ("dit", "DiT step"), ("vae", "VAE"))  # (stage, shown as)
+
+
+def format_efficiency(rows: list[Row], peaks: dict[str, dict[str, float]]) -> str:
+    """Per configuration and stage: GFLOP (``FlopCounter``), seconds, achieved GFLOP/s and the fraction of this
+    machine's matrix peak in the stage's dtype (``matmul_peak``). The DiT per denoising step."""
+    cells = [["decoder", "configuration", "dtype", "stage", "GFLOP", "s", "GFLOP/s", "peak GFLOP/s", "of peak"]]
+    for r in rows:
+        for stage, shown in EFFICIENCY_STAGES:
+            flops = r.flops.get(stage, 0.0)
+            seconds = {"text": r.text_s, "dit": r.step_s, "vae": r.vae_s}[stage]
+            if stage == "dit":
+                flops /= r.steps
+            if flops <= 0 or seconds <= 0:
+                continue
+            dtype = r.stage_dtypes.get(stage, r.dtype)
+            peak = peaks.get(r.decoder, {}).get(dtype)
+            rate = flops / seconds
+            cells.append([r.decoder, r.config, dtype, shown, f"{flops / 1e9:,.0f}" if flops >= 1e11 else f"{flops / 1e9:.3g}", f"{seconds:.3f}", f"{rate / 1e9:.1f}",
+                          "-" if peak is None else f"{peak / 1e9:.1f}", "-" if peak is None else f"{100 * rate / peak:.0f} %"])  # fmt: skip
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "efficiency (FLOPs of matrix products counted from the shapes; peak: a matmul at the DiT's shape)\n" + "\n".join(lines)
 
 
 def wave_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -529,61 +729,121 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, notify=note)
     plan = synthetic_plan(args.duration, args.events)
     dtypes = dtype_names(args.dtype, device)
-    note(f"{args.events} events over {args.duration:g} s, {args.steps} steps, {device.type}, "
-         f"{torch.get_num_threads()} threads, dtypes {', '.join(dtypes)}, configurations {', '.join(args.configs)}")  # fmt: skip
+    cpu = cpu_description()
+    note(f"{args.events} events over {args.duration:g} s, {device.type}, {torch.get_num_threads()} threads, dtypes "
+         f"{', '.join(dtypes)}, decoders {', '.join(args.decoders)}, configurations {', '.join(args.configs)}")  # fmt: skip
+    print(format_cpu(cpu))
     rows: list[Row] = []
-    waves: dict[tuple[str, str], np.ndarray] = {}
+    waves: dict[tuple[str, str, str], np.ndarray] = {}
+    peaks: dict[str, dict[str, float]] = {}  # decoder -> dtype -> FLOP/s of the matrix product at its DiT's shape
     with tempfile.TemporaryDirectory(prefix="speed-") as scratch:
         scratch = Path(scratch)
-        ref = args.decoder
-        if ref is None:
-            from audiostory_cli.testing import build_tiny_decoder
-
-            note(f"building a {args.size} TangoFlux with random weights (not timed)")
-            ref = str(build_tiny_decoder(scratch / "decoder", size=args.size))
-        for k, dtype_name in enumerate(dtypes):
-            decoder, load_s = load(ref, device, dtype_name)
-            note(f"loaded in {dtype_name} in {load_s:.1f} s")
-            warm_up(decoder)
-            for config in args.configs:
-                if config == "upstream" and (k > 0 or not hasattr(decoder, "dit")):
-                    continue  # upstream runs in the first dtype only, and is TangoFlux's loop
-                row, wave = run_config(config, decoder, load_s, dtype_name, plan, args, scratch, device)
-                rows.append(row)
-                waves[(config, dtype_name)] = wave
-                note(f"{config} {dtype_name}: {row.measured_s:.1f} s at {args.steps} steps (with load)")
-            del decoder
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    reference = next((r for r in rows if r.config == "upstream"), None)
-    print(format_table(rows, reference))
+        for which in args.decoders:
+            job = decoder_job(which, args)
+            ref = build_or_given(which, args, scratch)
+            for k, dtype_name in enumerate(dtypes):
+                decoder, load_s = load(ref, device, dtype_name)
+                name = decoder.caps.name
+                note(f"{name}: loaded in {dtype_name} in {load_s:.1f} s")
+                warm_up(decoder)
+                for config in job.configs:
+                    if config == "upstream" and (k > 0 or not hasattr(decoder, "dit")):
+                        continue  # upstream runs in the first dtype only, and is TangoFlux's loop
+                    row, wave = run_config(config, decoder, load_s, dtype_name, plan, job, scratch, device)
+                    if "dit" in row.largest:  # on a shared machine the peak moves: measured after each row, the best kept
+                        for dtype in {row.stage_dtypes.get(stage, dtype_name) for stage in row.flops}:
+                            peak = matmul_peak(row.largest["dit"], dtype, device)
+                            peaks.setdefault(name, {})[dtype] = max(peaks.get(name, {}).get(dtype, 0.0), peak)
+                    rows.append(row)
+                    waves[(name, config, dtype_name)] = wave
+                    note(f"{name} {config} {dtype_name}: {row.measured_s:.1f} s at {job.steps} steps (with load)")
+                del decoder
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            ours = [r for r in rows if r.decoder == name]
+            shape = next((r.largest["dit"] for r in ours if "dit" in r.largest), None)
+            if shape is not None:
+                for dtype in ("fp32", "bf16"):  # both, whether used or not: what this CPU offers each
+                    if dtype not in peaks.setdefault(name, {}):
+                        peaks[name][dtype] = matmul_peak(shape, dtype, device)
+                print(f"{name} matrix peak at its DiT's largest product {'x'.join(map(str, shape))} (M x K x N; the "
+                      "best after each row): " + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in peaks[name].items()))  # fmt: skip
+            reference = next((r for r in ours if r.config == "upstream"), None)
+            print(format_table(ours, reference))
+    print(format_efficiency(rows, peaks))
     differences = report_dtypes(waves, dtypes)
     if args.out:
         from audiostory_cli import audio_io
 
-        report = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device.type,
+        report = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device.type, "cpu": cpu,
+                  "matmul_peak_flops": peaks,
                   "rows": [{**dataclasses.asdict(r), "fixed_s": r.fixed_s, "projected_s": r.projected_s()} for r in rows],
                   "dtype_differences": differences}  # fmt: skip
         audio_io.write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
         note(f"numbers written to {args.out}")
-    ours = next((r for r in rows if r.config == "default" and r.dtype == dtypes[0]), None)
-    if reference and ours:
-        speedup = reference.projected_s() / ours.projected_s()
-        print(f"speedup at {args.project_steps} steps: {speedup:.2f}x (measured at {args.steps} steps on "
-              f"{device_name(device)})")
+    for line in summary_lines(rows, dtypes[0], device):
+        print(line)
     return 0
 
 
-def report_dtypes(waves: dict, dtypes: list[str]) -> dict:
-    """How far each lower-precision default render is from the fp32 one (printed, and returned)."""
-    out = {}
-    reference = waves.get(("default", "fp32"))
-    for name in dtypes:
-        if name == "fp32" or reference is None or ("default", name) not in waves:
+def decoder_job(which: str, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` as one decoder runs them: TangoFlux at ``--steps`` (projected to ``--project-steps``) with every
+    configuration; Stable Audio 3 at ``--sa3-steps`` (measured, not projected), our paths only."""
+    if which == "tangoflux":
+        return args
+    configs = [c for c in args.configs if c != "upstream"] or ["default"]
+    return argparse.Namespace(**{**vars(args), "steps": args.sa3_steps, "project_steps": args.sa3_steps,
+                                 "configs": configs})  # fmt: skip
+
+
+def build_or_given(which: str, args: argparse.Namespace, scratch: Path) -> str:
+    """The folder of ``which``: the one given, or random weights built at ``--size`` (not timed)."""
+    given = args.decoder if which == "tangoflux" else args.sa3
+    if given is not None:
+        return given
+    if which == "tangoflux":
+        from audiostory_cli.testing import build_tiny_decoder
+
+        note(f"building a {args.size} TangoFlux with random weights (not timed)")
+        return str(build_tiny_decoder(scratch / "decoder", size=args.size))
+    from audiostory_cli.testing import build_tiny_stable_audio_3_small
+
+    note(f"building a {args.size} Stable Audio 3 Small-SFX with random weights (not timed)")
+    return str(build_tiny_stable_audio_3_small(scratch / "sa3", size=args.size))
+
+
+def summary_lines(rows: list[Row], dtype: str, device) -> list[str]:
+    """The last lines: TangoFlux's projected speedup over the upstream loop, then Stable Audio 3's measured
+    realtime factor (seconds of story per second of render, models loaded), where each ran."""
+    lines = []
+    for name in dict.fromkeys(r.decoder for r in rows):
+        reference = next((r for r in rows if r.decoder == name and r.config == "upstream"), None)
+        ours = next((r for r in rows if r.decoder == name and r.config == "default" and r.dtype == dtype), None)
+        if ours is None:
             continue
-        rel, snr = wave_difference(waves[("default", name)], reference)
-        out[name] = {"relative_l2": rel, "snr_db": snr}
-        print(f"default path, {name} against fp32: relative L2 difference {rel:.4f}, SNR {snr:.1f} dB")
+        if reference is not None:
+            speedup = reference.projected_s() / ours.projected_s()
+            lines.insert(0, f"speedup at {ours.project_steps} steps: {speedup:.2f}x (measured at {ours.steps} steps "
+                            f"on {device_name(device)})")  # fmt: skip
+        elif name != "TangoFlux":
+            render_s = ours.measured_s - ours.load_s
+            lines.append(f"realtime factor at {ours.steps} steps: {ours.story_s / render_s:.1f}x ({name}, a "
+                         f"{ours.story_s:g} s story rendered in {render_s:.1f} s, models loaded, measured on "
+                         f"{device_name(device)} in {ours.dtype})")  # fmt: skip
+    return lines
+
+
+def report_dtypes(waves: dict, dtypes: list[str]) -> dict:
+    """How far each lower-precision default render is from the fp32 one, per decoder (printed, and returned)."""
+    out = {}
+    for decoder in dict.fromkeys(k[0] for k in waves):
+        reference = waves.get((decoder, "default", "fp32"))
+        for name in dtypes:
+            if name == "fp32" or reference is None or (decoder, "default", name) not in waves:
+                continue
+            rel, snr = wave_difference(waves[(decoder, "default", name)], reference)
+            out.setdefault(decoder, {})[name] = {"relative_l2": rel, "snr_db": snr}
+            print(f"{decoder} default path, {name} against fp32: relative L2 difference {rel:.4f}, SNR {snr:.1f} dB")
     return out
 
 

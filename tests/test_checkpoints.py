@@ -52,3 +52,25 @@ def test_missing_hub_id_offline_says_where_it_looked(tmp_path):
 def test_empty_reference():
     with pytest.raises(ModelNotFoundError, match="reference is empty"):
         resolve(" ", KIND)
+
+
+def test_gated_hub_repository_says_how_to_get_access(tmp_path, monkeypatch):
+    """A gated repository (Stable Audio 3's) is not "not found": the message says how to get access."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(repo_id, *, local_files_only):
+        if local_files_only:
+            raise FileNotFoundError(repo_id)  # not in the cache
+        error = GatedRepoError.__new__(GatedRepoError)
+        Exception.__init__(error, "403 Client Error: access to this model is restricted")
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("AUDIOSTORY_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    with pytest.raises(ModelNotFoundError) as caught:
+        resolve("stabilityai/stable-audio-3-small-sfx", KIND)
+    assert "'stabilityai/stable-audio-3-small-sfx' is gated on the Hugging Face hub" in str(caught.value)
+    assert "https://huggingface.co/stabilityai/stable-audio-3-small-sfx" in caught.value.hint
+    assert "hf auth login" in caught.value.hint

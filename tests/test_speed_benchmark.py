@@ -41,6 +41,58 @@ def test_tiny_run_prints_the_table_and_the_projected_speedup_last(speed, tiny_de
         assert row["projected_s"] == pytest.approx(row["fixed_s"] + 50 * row["step_s"])
     speedup = float(re.search(r"(\d+\.\d+)x", lines[-1]).group(1))
     assert speedup == pytest.approx(rows["upstream"]["projected_s"] / rows["default"]["projected_s"], abs=0.01)
+    assert re.match(r"cpu: .+; features: .+; torch capability \S+; \d+ threads on \d+ CPUs", lines[0]), lines[0]
+
+
+def test_efficiency_table_counts_flops_from_the_shapes_against_the_measured_peak(speed, tiny_decoder, tiny_sa3_small,
+                                                                                tmp_path, capsys):  # fmt: skip
+    """Both decoders in one run: per stage FLOPs from the shapes, the fraction of the matmul peak measured in
+    the same run, and the two last lines (TangoFlux's projected speedup, SA3's measured realtime factor)."""
+    out = tmp_path / "speed.json"
+    args = ["--decoder", str(tiny_decoder), "--sa3", str(tiny_sa3_small), "--steps", "1", "--sa3-steps", "2",
+            "--device", "cpu", "--dtype", "fp32", "--duration", "4", "--events", "2", "--configs", "upstream,default",
+            "--out", str(out)]  # fmt: skip
+    assert speed.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"speedup at 50 steps: \d+\.\d\dx \(measured at 1 steps on cpu\)", lines[-2]), lines[-2]
+    assert re.match(r"realtime factor at 2 steps: \d+\.\dx \(Stable Audio 3, a 4 s story rendered in ", lines[-1])
+    report = json.loads(out.read_text())
+    rows = {(r["decoder"], r["config"]): r for r in report["rows"]}
+    assert set(rows) == {("TangoFlux", "upstream"), ("TangoFlux", "default"), ("Stable Audio 3", "default")}
+    sa3 = rows[("Stable Audio 3", "default")]
+    realtime = float(re.search(r"(\d+\.\d)x", lines[-1]).group(1))
+    assert realtime == pytest.approx(4.0 / (sa3["measured_s"] - sa3["load_s"]), abs=0.06)
+    for name in ("TangoFlux", "Stable Audio 3"):
+        assert report["matmul_peak_flops"][name]["fp32"] > 0 and report["matmul_peak_flops"][name]["bf16"] > 0
+    # The upstream loop denoises a 645-frame window per clip, ours only the clip's frames: more DiT FLOPs a step,
+    # and every Linear of the tiny TangoFlux DiT counted (2 M K N) at least once per step.
+    up, ours = rows[("TangoFlux", "upstream")], rows[("TangoFlux", "default")]
+    assert up["flops"]["dit"] > 2 * ours["flops"]["dit"] > 0
+    for row in (up, ours, sa3):
+        assert row["flops"]["vae"] > 0 and row["stage_dtypes"]["dit"] == "fp32"
+        m, k, n = row["largest"]["dit"]
+        assert row["flops"]["dit"] >= 2 * m * k * n * row["steps"]
+    table = lines[lines.index(next(x for x in lines if x.startswith("efficiency"))) + 3 :]
+    fractions = [line for line in table if re.match(r"(TangoFlux|Stable Audio 3)\s+\S+\s+fp32\s+DiT step", line)]
+    assert len(fractions) == 3 and all(re.search(r"\d+ %$", line) for line in fractions), table
+
+
+def test_flop_counter_formulas(speed):
+    """The counted FLOPs are the formulas of the docstring: 2 M K N, 2 B Cout Lout Cin/g k, 4 B H Lq Lk D."""
+    import torch
+
+    timer = speed.Timer(torch.device("cpu"))
+    counter = speed.FlopCounter(timer)
+    linear, conv = torch.nn.Linear(8, 16), torch.nn.Conv1d(4, 6, 3, groups=2)
+    up = torch.nn.ConvTranspose1d(6, 4, 4, stride=2)
+    with counter.active(), timer("dit"), torch.no_grad():
+        linear(torch.zeros(2, 5, 8))
+        conv(torch.zeros(1, 4, 10))  # Lout = 8
+        up(torch.zeros(1, 6, 7))
+        torch.nn.functional.scaled_dot_product_attention(*(torch.zeros(2, 3, 5, 4),) * 3)
+    expected = 2 * 10 * 8 * 16 + 2 * 6 * 8 * 2 * 3 + 2 * 6 * 7 * 4 * 4 + 4 * 2 * 3 * 5 * 5 * 4
+    assert counter.flops == {"dit": expected}
+    assert counter.largest["dit"] == (10, 8, 16)
 
 
 def test_upstream_crossfade_is_linear_and_three_seconds(speed):

@@ -96,11 +96,22 @@ def resolve(ref: str, kind: ModelKind) -> Path:
 
 
 def _from_hub(repo_id: str, *, local_files_only: bool) -> Path | None:
+    """The repository's snapshot folder, or None; a gated repository this account may not read is its own
+    error, saying how to get access (Stable Audio 3's checkpoints are gated)."""
     try:
         from huggingface_hub import snapshot_download
-
+        from huggingface_hub.errors import GatedRepoError
+    except ImportError:
+        return None
+    try:
         return Path(snapshot_download(repo_id, local_files_only=local_files_only))
-    except Exception:  # noqa: BLE001 - every hub failure means "not there"; the caller explains the miss
+    except GatedRepoError:
+        raise ModelNotFoundError(
+            f"'{repo_id}' is gated on the Hugging Face hub and this machine has no access to it",
+            hint=f"open https://huggingface.co/{repo_id} logged in, accept its terms, then run `hf auth login` with a "
+            f"token of that account (or set HF_TOKEN) and run again; or download it elsewhere and pass its folder",
+        ) from None
+    except Exception:  # noqa: BLE001 - every other hub failure means "not there"; the caller explains the miss
         return None
 
 
