@@ -152,3 +152,18 @@ def test_extend_on_the_command_line_plans_only_what_follows(run, tiny_planner, t
     (tmp_path / "hand.plan.json").write_text(json.dumps(hand))
     refused = run("extend", tmp_path / "hand.plan.json", "then more", "-o", tmp_path / "h.wav")
     assert refused.exit_code == 1 and "no planner is recorded" in refused.output
+
+
+def test_plot_of_a_continued_story_draws_the_story_part(run, tiny_sa3_small, tmp_path):
+    pytest.importorskip("matplotlib")
+    t = np.arange(2 * 44100) / 44100
+    audio_io.write_audio(tmp_path / "in.wav", (0.2 * np.sin(2 * np.pi * 220 * t))[None].astype(np.float32), 44100)
+    plan = json.loads(Path("examples/plan.json").read_text())
+    from audiostory_cli.editing.continuation import continue_from
+
+    plan["continue_from"] = continue_from(tmp_path / "in.wav").to_dict()
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    result = run("render", tmp_path / "p.json", "--decoder", tiny_sa3_small, "--steps", "1", "--device", "cpu",
+                 "-o", tmp_path / "s.wav", "--plot")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert audio_io.read_audio(tmp_path / "s.wav")[0].shape[1] > 24 * 44100 and (tmp_path / "s.png").exists()

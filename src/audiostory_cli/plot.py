@@ -116,9 +116,13 @@ def find_audio(plan_path: str | os.PathLike[str]) -> Path | None:
 
 
 def read_story_audio(path: str | os.PathLike[str], plan: Plan) -> StoryAudio:
-    """Read a story's audio and check that it is as long as the plan (else it is another story's audio)."""
+    """Read a story's audio and check that it is as long as the plan (else it is another story's audio); of a
+    story that starts with the recording it continues, the story's part."""
     path = Path(path)
     wave, sample_rate = audio_io.read_audio(path)
+    story = round(plan.total_s * sample_rate)
+    if plan.continue_from is not None and plan.continue_from.include_input and wave.shape[-1] > story:
+        wave = wave[:, wave.shape[-1] - story :]  # the recording it continues comes first: draw the story
     length_s = wave.shape[-1] / sample_rate
     if abs(length_s - plan.total_s) > AUDIO_LENGTH_TOLERANCE_S:
         raise InputError(

@@ -53,9 +53,8 @@ class InputHead:
         out = np.zeros((raw.shape[0], self.lead + raw.shape[-1]), dtype=np.float32)
         out[:, : self.lead] = self.before
         fade = self.tail.shape[-1]
-        gain = np.cos(np.pi / 2 * (np.arange(fade, dtype=np.float64) + 0.5) / max(fade, 1))
         out[:, self.lead :] = raw
-        out[:, self.lead : self.lead + fade] += self.tail * gain
+        out[:, self.lead : self.lead + fade] += self.tail * fade_out(fade)
         return out
 
     def state_fields(self) -> dict[str, Any]:
@@ -63,6 +62,11 @@ class InputHead:
             "head": self.head, "head_origin": self.head_origin, "head_end": self.head_end,
             "head_event": self.event, "input_tail": self.tail,
         }  # fmt: skip
+
+
+def fade_out(samples: int) -> np.ndarray:
+    """The recording's equal-power fade-out under the first clip's fade-in (``mix``'s join curves)."""
+    return np.cos(np.pi / 2 * (np.arange(samples, dtype=np.float64) + 0.5) / max(samples, 1))
 
 
 def file_sha256(path: Path) -> str:

@@ -30,6 +30,7 @@ from ..decoders.geometry import continuation_head
 from ..errors import InputError
 from ..settings import MAX_SEED, RenderOptions
 from ..story import Event, Plan, Progress, ProgressFn, clip_seed, event_seed, no_progress
+from .continuation import fade_out
 from .latents import StoryState
 from .records import Change, EventEdit, Extend, Inpaint, Vary, apply_to_events, check_event_edit, check_extend
 from .records import check_event_number, check_inpaint, check_strength, moves
@@ -172,12 +173,7 @@ def apply_change(
 
     # 3. Where the samples changed: a clip's wave or its fades (a duration edit changes the joins' fades).
     progress(Progress("mix", 0, 1, "splicing the edit into the story"))
-    placed_b = mix.placements(plan, cf, sr)
-    placed_a = mix.placements(after, cf, sr)
-    head_fades = _input_fade(after, state, cf, sr)
-    if head_fades:
-        placed_a = mix.placements(after, cf, sr, head_fades)
-        placed_b = mix.placements(plan, cf, sr, _input_fade(plan, state, cf, sr))
+    placed_b, placed_a = _placements(plan, state, cf, sr), _placements(after, state, cf, sr)
     waves: dict[int, np.ndarray] = dict(rendered)
 
     def wave_of(index: int) -> np.ndarray:
@@ -205,8 +201,7 @@ def apply_change(
             dirty.append(span)
     story_len = mix.to_samples(after.total_s, sr)
     lead = state.lead_samples
-    if head_fades:  # the recording's faded tail under clip 1: a clip of its own in the mix
-        placed_a[INPUT] = (0, _input_gain(head_fades, after))
+    if INPUT in placed_a:  # the recording's faded tail under its continuing clip: a clip of its own here
         waves[INPUT] = state.input_tail
     needed = {i for i, (s, g) in placed_a.items() if any(s < b and a < s + len(g) for a, b in merge(dirty, story_len))}
     for i in needed - set(waves):
@@ -326,13 +321,12 @@ def _contribution_change(old: np.ndarray, old_start: int, new: np.ndarray, new_s
     return first + int(differs[0]), first + int(differs[-1]) + 1
 
 
-def _input_fade(plan: Plan, state: StoryState, cf: float, sr: int) -> dict[int, int]:
-    """The fade-in of the clip that crossfades with the continued recording's tail, when the file includes it."""
+def _placements(plan: Plan, state: StoryState, cf: float, sr: int) -> dict[int, tuple[int, np.ndarray]]:
+    """``mix.placements``, with the continued recording's tail (``INPUT``) fading out under the clip that
+    continues it, when the file includes the recording."""
     if state.input_tail is None or state.head_event is None:
-        return {}
-    return {state.head_event: state.input_tail.shape[-1]}
-
-
-def _input_gain(head_fades: dict[int, int], plan: Plan) -> np.ndarray:
-    fade = next(iter(head_fades.values()))
-    return np.cos(np.pi / 2 * (np.arange(fade, dtype=np.float64) + 0.5) / max(fade, 1))
+        return mix.placements(plan, cf, sr)
+    fade = state.input_tail.shape[-1]
+    placed = mix.placements(plan, cf, sr, {state.head_event: fade})
+    placed[INPUT] = (0, fade_out(fade))
+    return placed
