@@ -142,6 +142,25 @@ def test_caption_and_duration_edit_moves_what_follows_unchanged(models, story, t
     assert np.array_equal(_replayed(models, result.plan_path, tmp_path / "replay.wav"), new)
 
 
+def test_a_duration_edit_stretches_a_bed_under_it(models, tmp_path):
+    _, options, loaded = models
+    sr, hop = loaded.decoder.caps.sample_rate, loaded.decoder.caps.hop_samples
+    plan = six_events(4)
+    plan = replace(plan, events=plan.events + (Event(4, "low steady sea ambience", 0.0, plan.total_s, layer=1),))
+    options = replace(options, steps=2, crossfade_s=0.3, seed=2)
+    story = render_to_file(loaded.decoder, plan, options, loaded.conditioner, tmp_path / "s.wav")
+    old = _samples(story.audio_path)
+    edit = EventEdit(event=1, duration_s=EVENT_S + 0.6)
+    result = apply_edit(loaded.decoder, loaded.conditioner, load_story(story.plan_path), edit, tmp_path / "d.wav")
+    new, edited = _samples(result.audio_path), load_plan(result.plan_path)
+    delta = new.shape[1] - old.shape[1]
+    assert delta > 0 and edited.events[4].duration_s == pytest.approx(edited.total_s)  # the bed still spans it all
+    start1, start3 = _span(plan, 1, sr)[0], _span(plan, 3, sr)[0]
+    assert np.array_equal(new[:, :start1], old[:, :start1])
+    assert np.array_equal(new[:, start3 + delta + sr :], old[:, start3 + sr :])  # the last event, moved, bed too
+    assert np.array_equal(_replayed(models, result.plan_path, tmp_path / "replay.wav"), new)
+
+
 def test_vary_keeps_the_rest_and_depends_on_strength(models, story, tmp_path):
     _, _, loaded = models
     _, plan_path, old = story

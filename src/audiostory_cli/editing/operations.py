@@ -33,7 +33,7 @@ from ..story import Event, Plan, Progress, ProgressFn, clip_seed, event_seed, no
 from .continuation import fade_out
 from .latents import StoryState
 from .records import Change, EventEdit, Extend, Inpaint, Vary, apply_to_events, check_event_edit, check_extend
-from .records import check_event_number, check_inpaint, check_strength, moves
+from .records import check_event_number, check_inpaint, check_strength, moves, stretches
 from .splice import Shift, merge, splice
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..decoders.base import Decoder
 
 BAND_S = 1.0  # free frames after a pinned head when a clip's head is made to continue a changed clip
+STRETCH_SETTLE_FRAMES = 8  # a stretched bed takes its old samples this many frames past its free band
 INPUT = -1  # the continued recording's key among the clips of ``mix.placements`` (its tail under clip 1's head)
 
 
@@ -121,11 +122,13 @@ def apply_change(
     followers = {v: k for k, v in follows.items()}
 
     # 1. Where each old clip now lies (a --duration edit moves what follows by whole frames).
-    delta, moved = 0, set()
+    delta, moved, stretched, stretch_at = 0, set(), set(), 0
     if isinstance(change, EventEdit) and change.duration_s is not None:
         target = plan.events[change.event]
         delta = spans_a[target.index][1] - spans_b[target.index][1]
         moved = {e.index for e in plan.events if moves(e, target)}
+        stretched = {e.index for e in plan.events if stretches(e, target)}
+        stretch_at = spans_b[target.index][1]
         if delta % hop:
             raise AssertionError(f"a duration edit moved what follows by {delta} samples, not whole frames of {hop}")
     origins = {i: o + (delta if i in moved else 0) for i, o in state.origins.items()}
@@ -134,6 +137,7 @@ def apply_change(
     # 2. The clips the change renders, each with its guide, in timeline order; then their followers.
     texts = conditioner.condition(after, decoder)
     work = _targets(change, plan, after, spans_a, lengths_a, sr)
+    work.update({i: "stretch" for i in stretched})
     rendered: dict[int, np.ndarray] = {}  # event index -> its new wave
     fully_new: set[int] = set()
     queue = sorted(work, key=lambda i: (spans_a[i][0], i))
@@ -147,7 +151,7 @@ def apply_change(
         origin = start if head is None else head[0]
         band_stop = _next_head_first(decoder, index, followers, origin, latents.get(index), spans_a, lengths_a)
         guide = _guide(kind, change, index, head, origin, origins.get(index), latents.get(index), start, n, hop, sr,
-                       band_stop)  # fmt: skip
+                       band_stop, (stretch_at, delta))  # fmt: skip
         if guide is None and kind == "follow":  # a follower whose head is what it was: nothing to do
             continue
         seed = clip_seed(change.seed, index) if isinstance(change, Inpaint) else event_seed(event, options.seed)
@@ -162,6 +166,9 @@ def apply_change(
         clip = decoder.render([request], options, batch_size=1, progress=progress)[0]
         latents[index], origins[index] = clip.latents, clip.origin_sample
         rendered[index] = clip.wave
+        if kind == "stretch":  # past its free band, its old samples moved (a longer decode rounds differently)
+            old_wave = decoder.decode_latents(state.latents[index], start - state.origins[index], lengths_b[index])
+            rendered[index] = _stretched_wave(clip.wave, old_wave, origin, start, stretch_at, delta, hop, sr)
         if kind in ("new", "vary"):
             fully_new.add(index)
         follower = followers.get(index)
@@ -181,6 +188,7 @@ def apply_change(
             waves[index] = decoder.decode_latents(latents[index], spans_a[index][0] - origins[index], lengths_a[index])
         return waves[index]
 
+    shift = Shift(at=spans_a[change.event][1], delta=delta) if delta else None
     dirty: list[tuple[int, int]] = []
     for e in after.events:
         i = e.index
@@ -192,11 +200,11 @@ def apply_change(
                 dirty.append((old_start, old_start + len(placed_b[i][1])))
             continue
         old_start, old_gain = placed_b[i]
-        old_start += delta if i in moved else 0
-        if i not in rendered and old_start == start and np.array_equal(old_gain, gain):
-            continue
+        if i not in rendered and i not in stretched and old_start + (delta if i in moved else 0) == start:
+            if np.array_equal(old_gain, gain):
+                continue
         old_wave = decoder.decode_latents(state.latents[i], spans_b[i][0] - state.origins[i], lengths_b[i])
-        span = _contribution_change(old_wave * old_gain, old_start, wave_of(i) * gain, start)
+        span = _contribution_change(old_wave * old_gain, old_start, wave_of(i) * gain, start, shift)
         if span is not None:
             dirty.append(span)
     story_len = mix.to_samples(after.total_s, sr)
@@ -207,7 +215,6 @@ def apply_change(
     for i in needed - set(waves):
         wave_of(i)
     story_old = track[:, lead:]
-    shift = Shift(at=spans_a[change.event][1], delta=delta) if delta else None
     story_new = splice(
         story_old, story_len, dirty, placed_a, waves, gain=state.gain, peak_dbfs=options.peak_dbfs,
         sample_rate=sr, shift=shift,
@@ -266,9 +273,10 @@ def _next_head_first(decoder, index, followers, origin, old, spans, lengths) -> 
     return None if found is None else found[0]
 
 
-def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr, band_stop) -> LatentGuide | None:
+def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr, band_stop, stretch) -> LatentGuide | None:
     """The guide of one clip to render; None: a new clip with nothing known (rendered as a fresh one), or a
-    follower that need not change. ``band_stop``: a follower's free band ends before this frame."""
+    follower that need not change. ``band_stop``: a follower's free band ends before this frame; ``stretch``:
+    (timeline sample, samples) of a --duration edit, for a bed that runs across it."""
     frames = math.ceil((start - origin + n) / hop) + 64  # more than any grid needs; the decoder ignores the rest
     if kind == "new" and head is None:
         return None
@@ -277,6 +285,18 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
     pinned = np.zeros(frames, dtype=bool)
     strength = 1.0
     covered = 0  # frames of the new grid the old latents cover
+    if kind == "stretch":  # its frames up to the edit point, then its old frames moved by the edit's frames
+        if old is None or old_origin != origin:
+            raise AssertionError(f"event {index + 1}: a stretched bed's grid moved ({old_origin} -> {origin})")
+        at, delta = stretch
+        cut, k = (at - origin) // hop, delta // hop
+        half = math.ceil(BAND_S * sr / hop) // 2
+        known[: min(cut, frames)] = old[: min(cut, frames)]
+        tail = old[max(cut, cut - k) :][: max(0, frames - (cut + max(k, 0)))]
+        known[cut + max(k, 0) : cut + max(k, 0) + len(tail)] = tail
+        pinned[: min(cut, old.shape[0], frames)] = True
+        pinned[cut + max(k, 0) : cut + max(k, 0) + len(tail)] = True
+        pinned[max(0, cut - half) : cut + max(k, 0) + half] = False
     if kind in ("vary", "inpaint", "follow"):
         if old is None or (old_origin - origin) % hop:
             raise AssertionError(f"event {index + 1}: its grid moved off its frames ({old_origin} -> {origin})")
@@ -308,14 +328,36 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
     return LatentGuide(origin_sample=origin, latents=known, pinned=pinned, strength=strength)
 
 
-def _contribution_change(old: np.ndarray, old_start: int, new: np.ndarray, new_start: int) -> tuple[int, int] | None:
-    """The timeline range where a clip's faded samples differ (exactly) between before and after."""
-    first, stop = min(old_start, new_start), max(old_start + old.shape[-1], new_start + new.shape[-1])
-    a = np.zeros((old.shape[0], stop - first))
-    b = np.zeros_like(a)
-    a[:, old_start - first : old_start - first + old.shape[-1]] = old
-    b[:, new_start - first : new_start - first + new.shape[-1]] = new
-    differs = np.flatnonzero(np.any(a != b, axis=0))
+def _stretched_wave(new, old, origin, start, at, delta, hop, sr) -> np.ndarray:
+    """A stretched bed's wave: its new decode up to ``STRETCH_SETTLE_FRAMES`` past its free band, then its old
+    samples, ``delta`` later (the same latents there; only float rounding differs where they meet)."""
+    cut, k = (at - origin) // hop, delta // hop
+    half = math.ceil(BAND_S * sr / hop) // 2
+    meet = origin + (cut + max(k, 0) + half + STRETCH_SETTLE_FRAMES) * hop - start  # clip sample where they meet
+    if not 0 < meet < new.shape[-1] or meet - delta >= old.shape[-1]:
+        return new
+    out = new.copy()
+    count = min(new.shape[-1] - meet, old.shape[-1] - (meet - delta))
+    out[:, meet : meet + count] = old[:, meet - delta : meet - delta + count]
+    return out
+
+
+def _contribution_change(
+    old: np.ndarray, old_start: int, new: np.ndarray, new_start: int, shift: Shift | None
+) -> tuple[int, int] | None:
+    """The range of the new timeline where a clip's faded samples differ (exactly) from what the splice keeps
+    there: the old clip's samples at the same place, or, from ``shift.at`` on, ``shift.delta`` earlier."""
+    delta, at = (0, 0) if shift is None else (shift.delta, shift.at)
+    first = min(old_start, new_start)
+    stop = max(old_start + old.shape[-1] + max(delta, 0), new_start + new.shape[-1])
+    t = np.arange(first, stop)
+    source = np.where(t < at, t, t - delta) - old_start if delta else t - old_start  # old clip's sample index
+    inside = (source >= 0) & (source < old.shape[-1])
+    kept = np.zeros((old.shape[0], stop - first))
+    kept[:, inside] = old[:, source[inside]]
+    made = np.zeros_like(kept)
+    made[:, new_start - first : new_start - first + new.shape[-1]] = new
+    differs = np.flatnonzero(np.any(kept != made, axis=0))
     if differs.size == 0:
         return None
     return first + int(differs[0]), first + int(differs[-1]) + 1

@@ -131,15 +131,24 @@ def apply_to_events(events: tuple[Event, ...], total_s: float, change: Change) -
     if delta == 0:
         return _replaced(events, edited), total_s
     moved = tuple(
-        edited if e.index == target.index else replace(e, start_s=e.start_s + delta) if moves(e, target) else e
+        edited if e.index == target.index
+        else replace(e, start_s=e.start_s + delta) if moves(e, target)
+        else replace(e, duration_s=e.duration_s + delta) if stretches(e, target)
+        else e
         for e in events
-    )
+    )  # fmt: skip
     return moved, total_s + delta
 
 
 def moves(event: Event, edited: Event) -> bool:
     """Whether ``event`` moves when ``edited``'s duration changes: it starts where or after ``edited`` ends."""
     return event.index != edited.index and event.start_s >= edited.end_s - 1e-9
+
+
+def stretches(event: Event, edited: Event) -> bool:
+    """Whether ``event`` (a bed under ``edited``) is stretched when ``edited``'s duration changes: it runs across
+    ``edited``'s end, so its own end moves with what follows."""
+    return event.index != edited.index and event.start_s < edited.end_s - 1e-9 < event.end_s - 2e-9
 
 
 def _replaced(events: tuple[Event, ...], new: Event) -> tuple[Event, ...]:
@@ -300,13 +309,16 @@ def check_event_edit(change: EventEdit, events: tuple[Event, ...], total_s: floa
         if total_s + delta > MAX_TOTAL_S:
             raise InputError(f"duration = {change.duration_s:g} s makes the story {total_s + delta:g} s: at most {MAX_TOTAL_S:g}")
         new_end = target.start_s + min(change.duration_s, target.duration_s)
-        for other in events:  # what stays (starts before the end) must end before what moves begins
-            if other.index != target.index and not moves(other, target) and other.end_s > new_end + 1e-9:
+        for other in events:  # what stays must end before what moves begins (a bed across the end stretches)
+            stays = other.index != target.index and not moves(other, target) and not stretches(other, target)
+            if stays and other.end_s > new_end + 1e-9:
                 raise InputError(
-                    f"--duration moves what follows event {change.event + 1}, but event {other.index + 1} "
-                    f"(layer {other.layer}) runs across its end",
+                    f"--duration {change.duration_s:g} shortens event {change.event + 1} to end before event "
+                    f"{other.index + 1} (layer {other.layer}) does, which would be cut",
                     hint="change the durations in the plan file by hand and render it",
                 )
+            if stretches(other, target) and other.duration_s + delta <= 0.1:
+                raise InputError(f"--duration would leave event {other.index + 1} (layer {other.layer}) under 0.1 s")
 
 
 def check_inpaint(change: Inpaint, total_s: float) -> None:
