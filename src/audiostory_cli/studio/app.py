@@ -88,7 +88,7 @@ def build_page(studio: Studio) -> gr.Blocks:
             render_button = gr.Button("Render", variant="primary", elem_id="render-button")
         table = gr.Dataframe(headers=list(TABLE_HEADERS), datatype=list(TABLE_TYPES), interactive=True,
                              static_columns=[0], type="array", elem_id="plan-table", wrap=True,
-                             label="Plan: edit captions, times and layers, then Render",
+                             label="Plan: edit captions, times, layers and seeds, then Render",
                              column_widths=list(TABLE_WIDTHS))  # fmt: skip
         picture = gr.Image(label="Timeline", interactive=False, elem_id="picture", type="filepath", format="png")
         player = gr.WaveformOptions(show_recording_waveform=False)  # the browser's own <audio> player
