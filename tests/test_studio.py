@@ -346,7 +346,7 @@ def _story_files(outdir: Path, name: str) -> tuple[np.ndarray, Plan]:
     return audio_io.read_audio(outdir / name)[0], load_plan(outdir / name.replace(".wav", ".plan.json"))
 
 
-@pytest.mark.slow  # models load, a render and five edits in the server: ~30-60 s on 2 busy cores
+@pytest.mark.slow  # models load, a render and seven edits in the server: ~40-70 s on 2 busy cores
 def test_edits_through_the_api_change_only_their_event_and_undo_goes_back(server, tmp_path):
     from gradio_client.exceptions import AppError
 
@@ -410,6 +410,19 @@ def test_edits_through_the_api_change_only_their_event_and_undo_goes_back(server
     assert plan.total_s == 8.0 and np.array_equal(new[:, :starts[2]], old[:, :starts[2]])
     names = [first, rerolled, varied, recaptioned, extended, again]
     assert len(set(names)) == 6 and all((outdir / n.replace(".wav", ".latents.safetensors")).is_file() for n in names)
+
+    # a loaded version without its latents: the edit renders it from its plan first (the bar says so), same samples
+    (outdir / first.replace(".wav", ".latents.safetensors")).unlink()
+    assert _version(client.predict(first.replace(".wav", ".plan.json"), api_name="/load")) == first
+    job = client.submit(3, 0.3, api_name="/vary")
+    new, plan = _story_files(outdir, _version(job.result(timeout=600)))
+    first_wave, _ = _story_files(outdir, first)
+    assert plan.history.edits == (Vary(event=3, strength=0.3, seed=plan.history.edits[0].seed),)
+    assert np.array_equal(new[:, :starts[3]], first_wave[:, :starts[3]])
+    said = []
+    while not job.communicator.updates.empty():
+        said += [p.desc or "" for p in getattr(job.communicator.updates.get_nowait(), "progress_data", None) or []]
+    assert any("rendering the story from its plan first" in line for line in said), said
 
 
 def test_a_plan_in_the_folder_loads_with_its_audio_or_alone(tmp_path, tiny_sa3):

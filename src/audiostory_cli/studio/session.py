@@ -211,7 +211,8 @@ class Studio:
             story = self._story(version)
             out = self.folder.next_version()
             result = editing.extend_story(models.planner, models.decoder, models.conditioner, story, prompt,
-                                          duration_s, out.audio_path, progress=progress)  # fmt: skip
+                                          duration_s, out.audio_path, progress=progress,
+                                          notify=_told(progress))  # fmt: skip
         return self._drawn(out, result)
 
     def _edit(self, version: Version, change: Callable[[], Any], event: int, progress: ProgressFn) -> Version:
@@ -223,7 +224,7 @@ class Studio:
             _check_event(story.plan, event)
             out = self.folder.next_version()
             result = editing.apply_edit(models.decoder, models.conditioner, story, change(), out.audio_path,
-                                        progress=progress)  # fmt: skip
+                                        progress=progress, notify=_told(progress))  # fmt: skip
         return self._drawn(out, result)
 
     def _story(self, version: Version):
@@ -233,6 +234,12 @@ class Studio:
         from .. import editing
 
         return editing.load_story(self.folder.inside(version.plan_path, "plan file"))
+
+
+def _told(progress: ProgressFn) -> Callable[[str], None]:
+    """The editing library's notes (a version without its latents renders again first) as progress reports, so
+    the page's bar says why an edit takes longer."""
+    return lambda line: progress(Progress("load", 0, 0, line))
 
 
 # --- the plan as a table ---------------------------------------------------------------------------------------
