@@ -107,8 +107,8 @@ def build_page(studio: Studio) -> gr.Blocks:
             event_audio = gr.Audio(label="Event alone", type="numpy", interactive=False, elem_id="event-audio",
                                    waveform_options=player)  # fmt: skip
             with gr.Row():
-                strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Vary strength (0.1 a nuance, 1 a new take)",
-                                     elem_id="strength")  # fmt: skip
+                strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, elem_id="strength",
+                                     label="Vary strength (0.1 a nuance, 1 a new take)")  # fmt: skip
                 vary_button = gr.Button("Vary", elem_id="vary-button")
             with gr.Row():
                 caption = gr.Textbox(label="New caption for this event", scale=3, elem_id="caption")
