@@ -107,7 +107,9 @@ def test_table_edits_become_the_plan_that_renders():
     (1, "", "caption has 0 characters"),
     (4, 1.5, "layer = '1.5' is not a whole number"),
     (4, 7, "layer = 7: must be between 0 and 3"),
-    (5, "12", "seed is derived from the story's seed; to change it use Reroll"),
+    (5, "-1", "seed = -1: must be an integer between 0 and"),
+    (5, "1.5", "seed = '1.5' is not a whole number"),
+    (5, str(2**64), "must be an integer between 0 and"),
 ])  # fmt: skip
 def test_a_bad_table_edit_is_one_message_naming_the_event(column, value, says):
     rows = plan_rows(_plan())
@@ -117,12 +119,22 @@ def test_a_bad_table_edit_is_one_message_naming_the_event(column, value, says):
     assert says in str(caught.value)
 
 
-def test_the_seed_column_is_each_clip_s_seed():
-    from audiostory_cli.settings import RenderOptions
-    from audiostory_cli.story import clip_seed
+def test_the_seed_column_is_each_clip_s_seed_and_a_typed_seed_is_the_event_s_own():
+    from dataclasses import replace
+
+    from audiostory_cli.settings import MAX_SEED, RenderOptions
+    from audiostory_cli.story import clip_seed, event_seed
 
     plan = _plan().with_render(RenderOptions(seed=7))
-    assert [row[5] for row in plan_rows(plan)] == [str(clip_seed(7, i)) for i in range(3)]
+    plan = replace(plan, events=(plan.events[0], replace(plan.events[1], seed=12345), plan.events[2]))
+    rows = plan_rows(plan)
+    assert [row[5] for row in rows] == [str(clip_seed(7, 0)), "12345", str(clip_seed(7, 2))]
+    assert [row[5] for row in rows] == [str(event_seed(e, 7)) for e in plan.events]
+    assert plan_from_rows(plan, rows) == plan  # the shown seeds: nothing changes
+    rows[0][5], rows[1][5] = str(MAX_SEED), ""  # 64 bits kept exactly; an empty cell: the seed as it was
+    edited = plan_from_rows(plan, rows)
+    assert [e.seed for e in edited.events] == [MAX_SEED, 12345, None]
+    assert [row[5] for row in plan_rows(edited)] == [str(MAX_SEED), "12345", str(clip_seed(7, 2))]
 
 
 # --- versions, progress ----------------------------------------------------------------------------------------
@@ -201,7 +213,8 @@ def server(tiny_planner, tiny_sa3, tmp_path_factory):
     root = tmp_path_factory.mktemp("studio")
     outdir = root / "out"
     (root / "secret.txt").write_text("not for the page\n")  # in the server's working folder
-    with studio_server(outdir, str(tiny_planner), str(tiny_sa3), cwd=root) as (url, process, log):
+    with studio_server(outdir, str(tiny_planner), str(tiny_sa3), "--steps", "2", "--crossfade", "0.3",
+                       cwd=root) as (url, process, log):
         yield url, outdir, log
 
 
@@ -317,95 +330,100 @@ def test_renders_queue_one_at_a_time_and_show_their_place(server, tmp_path):
     assert [log.read_text().count(f"loading {m}") for m in ("planner", "decoder")] == [1, 1]  # shared by all tabs
 
 
-# --- the page's edit calls, against the editing API's contract ---------------------------------------------------
+# --- the page's edits: the editing library, through the API ------------------------------------------------------
+
+EDIT_CAPTIONS = ("rain on a tin roof", "a dog barks twice", "waves break on pebbles", "a ship's bell rings")
 
 
-class _Story:
-    def __init__(self, plan_path: Path):
-        self.plan_path, self.plan = plan_path, load_plan(plan_path)
-        self.audio_path = plan_path.with_name(plan_path.name.replace(".plan.json", ".wav"))
-        self.sample_rate = sf.info(self.audio_path).samplerate
+def _version(out) -> str:
+    """The version a call made or went back to, from the page's version line."""
+    return out[3].split("**")[1]
 
 
-def _fake_editing(calls: list):
-    """The editing API as its contract says (``load_story``, ``EventEdit``, ``Vary``, ``apply_edit``,
-    ``extend_story``): each edit writes the next story files with the event's span raised by 0.1."""
-    import types
-    from dataclasses import dataclass
-
+def _story_files(outdir: Path, name: str) -> tuple[np.ndarray, Plan]:
     from audiostory_cli import audio_io
-    from audiostory_cli.pipeline import StoryResult
-    from audiostory_cli.story import plan_to_json
 
-    @dataclass(frozen=True)
-    class EventEdit:
-        event: int
-        caption: str | None = None
-        duration_s: float | None = None
-        seed: int | None = None
-        reroll: bool = False
-
-    @dataclass(frozen=True)
-    class Vary:
-        event: int
-        strength: float = 0.5
-        seed: int | None = None
-
-    def apply_edit(decoder, conditioner, story, change, output, progress):
-        calls.append((change, Path(output).name))
-        progress(Progress("render", 0, 1, "event"))
-        wave, rate = sf.read(story.audio_path, always_2d=True, dtype="float32")
-        event = story.plan.events[change.event]
-        wave[round(event.start_s * rate):round(event.end_s * rate)] += 0.1
-        audio_io.write_story_files(output, wave.T, rate, str(output).replace(".wav", ".plan.json"),
-                                   plan_to_json(story.plan))  # fmt: skip
-        return StoryResult(story.plan, Path(output), Path(str(output).replace(".wav", ".plan.json")),
-                           story.plan.total_s, rate)  # fmt: skip
-
-    module = types.ModuleType("audiostory_cli.editing")
-    module.__dict__.update(load_story=_Story, EventEdit=EventEdit, Vary=Vary, apply_edit=apply_edit)
-    return module
+    return audio_io.read_audio(outdir / name)[0], load_plan(outdir / name.replace(".wav", ".plan.json"))
 
 
-def test_event_edits_call_the_editing_api_and_make_versions(monkeypatch, tmp_path, tiny_sa3):
-    import audiostory_cli
-    from audiostory_cli import audio_io
-    from audiostory_cli.registry import Models
-    from audiostory_cli.run_setup import setup_run
-    from audiostory_cli.story import plan_to_json
-    from audiostory_cli.studio.session import Studio
+@pytest.mark.slow  # models load, a render and seven edits in the server: ~40-70 s on 2 busy cores
+def test_edits_through_the_api_change_only_their_event_and_undo_goes_back(server, tmp_path):
+    from gradio_client.exceptions import AppError
 
-    calls: list = []
-    fake = _fake_editing(calls)
-    monkeypatch.setitem(sys.modules, "audiostory_cli.editing", fake)
-    monkeypatch.setattr(audiostory_cli, "editing", fake, raising=False)
-    setup = setup_run({"decoder": str(tiny_sa3)}, outdir=tmp_path / "out", device="cpu")
-    (tmp_path / "out").mkdir()
-    studio = Studio(setup, {}, StudioFolder(tmp_path / "out"))
-    studio._models = Models(object(), object(), object())  # the fake edits use no model
-    first = studio.folder.next_version()
-    audio_io.write_story_files(first.audio_path, np.zeros((1, 4 * 8000), np.float32), 8000, first.plan_path,
-                               plan_to_json(_plan()))  # fmt: skip
-    history = History()
-    history.push(first)
-    history.push(studio.reroll(history.current, 1))
-    history.push(studio.vary(history.current, 2, 0.3))
-    history.push(studio.recaption(history.current, 0, "  a ship's bell rings "))
-    assert calls == [(fake.EventEdit(event=1, reroll=True), "story-002.wav"),
-                     (fake.Vary(event=2, strength=0.3), "story-003.wav"),
-                     (fake.EventEdit(event=0, caption="a ship's bell rings"), "story-004.wav")]  # fmt: skip
-    assert all(v.picture_path.is_file() for v in history.versions[1:])
-    rate, alone = studio.event_audio(history.current, 1)
-    assert rate == 8000 and alone.shape == (round(1.5 * 8000), 1)
-    # each edit raised its own event's span: event 1 by the reroll and the bed's vary (the bed runs under all),
-    # event 0 by the bed's vary and its new caption
-    assert np.all(np.abs(alone / 32767 - 0.2) < 1e-3)
-    assert np.all(np.abs(studio.event_audio(history.current, 0)[1] / 32767 - 0.2) < 1e-3)
-    with pytest.raises(InputError, match="events 0 to 2"):
-        studio.reroll(history.current, 3)
-    with pytest.raises(InputError, match="caption is empty"):
-        studio.recaption(history.current, 0, "  ")
-    assert len(calls) == 3 and history.undo().audio_path.name == "story-003.wav"
+    from audiostory_cli import mix
+    from audiostory_cli.editing import EventEdit, Vary, load_story
+
+    url, outdir, log = server
+    client = _client(server, tmp_path)
+    table, _ = client.predict(PROMPT, 8, "", api_name="/plan")
+    table["data"] = [[i, caption, 2.0 * i, 2.0, 0, ""] for i, caption in enumerate(EDIT_CAPTIONS)]  # 4 x 2 s
+    first = _version(client.predict(table, api_name="/render"))
+    old, plan = _story_files(outdir, first)
+    rate = sf.info(outdir / first).samplerate
+    starts = [start for start, _ in sorted(mix.event_spans(plan, rate).values())]
+    assert load_story(outdir / first.replace(".wav", ".plan.json")).state is not None  # its latents beside it
+
+    # reroll event 1: a new seed for it; before it, and from event 3 on (past its follower's join), the old samples
+    out = client.predict(1, api_name="/reroll")
+    rerolled = _version(out)
+    new, plan = _story_files(outdir, rerolled)
+    seed = plan.events[1].seed
+    assert rerolled != first and seed is not None and plan.history.edits == (EventEdit(event=1, seed=seed),)
+    assert out[0]["data"][1][5] == str(seed)  # the seed column shows the event's new seed
+    assert new.shape == old.shape and not np.array_equal(new[:, starts[1]:starts[2]], old[:, starts[1]:starts[2]])
+    assert np.array_equal(new[:, :starts[1]], old[:, :starts[1]])
+    assert np.array_equal(new[:, starts[3]:], old[:, starts[3]:])
+    assert Path(out[1]).read_bytes() == (outdir / rerolled.replace(".wav", ".png")).read_bytes()
+
+    # vary the last event a little: everything before it kept
+    old = new
+    varied = _version(client.predict(3, 0.3, api_name="/vary"))
+    new, plan = _story_files(outdir, varied)
+    assert plan.history.edits[-1] == Vary(event=3, strength=0.3, seed=plan.history.edits[-1].seed)
+    assert np.array_equal(new[:, :starts[3]], old[:, :starts[3]]) and not np.array_equal(new, old)
+
+    # a new caption for event 0: from event 2 on, the old samples
+    old = new
+    recaptioned = _version(client.predict(0, "  a door creaks open ", api_name="/recaption"))
+    new, plan = _story_files(outdir, recaptioned)
+    assert plan.events[0].caption == "a door creaks open"
+    assert plan.history.edits[-1] == EventEdit(event=0, caption="a door creaks open")
+    assert np.array_equal(new[:, starts[2]:], old[:, starts[2]:]) and not np.array_equal(new, old)
+    with pytest.raises(AppError, match="events 0 to 3"):
+        client.predict(9, api_name="/reroll")
+    with pytest.raises(AppError, match="caption is empty"):
+        client.predict(0, "  ", api_name="/recaption")
+
+    # extend by 2 s: the old part to the sample
+    old = new
+    extended = _version(client.predict("then gulls cry over the harbor", 2, api_name="/extend"))
+    new, plan = _story_files(outdir, extended)
+    assert plan.total_s == pytest.approx(10.0) and len(plan.events) > 4 and new.shape[1] == round(10 * rate)
+    assert np.array_equal(new[:, : old.shape[1]], old)
+
+    # undo: the version before, its own files; the next edit starts from it (and its latents)
+    back = client.predict(api_name="/undo")
+    assert _version(back) == recaptioned and Path(back[2]).read_bytes() == (outdir / recaptioned).read_bytes()
+    assert back[0]["data"][0][1] == "a door creaks open" and len(back[0]["data"]) == 4
+    assert load_story(outdir / recaptioned.replace(".wav", ".plan.json")).state is not None
+    again = _version(client.predict(2, api_name="/reroll"))
+    new, plan = _story_files(outdir, again)
+    assert plan.total_s == 8.0 and np.array_equal(new[:, :starts[2]], old[:, :starts[2]])
+    names = [first, rerolled, varied, recaptioned, extended, again]
+    assert len(set(names)) == 6 and all((outdir / n.replace(".wav", ".latents.safetensors")).is_file() for n in names)
+
+    # a loaded version without its latents: the edit renders it from its plan first (the bar says so), same samples
+    (outdir / first.replace(".wav", ".latents.safetensors")).unlink()
+    assert _version(client.predict(first.replace(".wav", ".plan.json"), api_name="/load")) == first
+    job = client.submit(3, 0.3, api_name="/vary")
+    new, plan = _story_files(outdir, _version(job.result(timeout=600)))
+    first_wave, _ = _story_files(outdir, first)
+    assert plan.history.edits == (Vary(event=3, strength=0.3, seed=plan.history.edits[0].seed),)
+    assert np.array_equal(new[:, :starts[3]], first_wave[:, :starts[3]])
+    said = []
+    while not job.communicator.updates.empty():
+        said += [p.desc or "" for p in getattr(job.communicator.updates.get_nowait(), "progress_data", None) or []]
+    assert any("rendering the story from its plan first" in line for line in said), said
 
 
 def test_a_plan_in_the_folder_loads_with_its_audio_or_alone(tmp_path, tiny_sa3):
@@ -431,17 +449,27 @@ def test_a_plan_in_the_folder_loads_with_its_audio_or_alone(tmp_path, tiny_sa3):
             studio.load(name)
 
 
-def test_without_the_editing_api_an_edit_is_one_message(monkeypatch, tmp_path, tiny_sa3):
-    import audiostory_cli
-    from audiostory_cli.run_setup import setup_run
-    from audiostory_cli.studio.session import Studio
+def test_a_table_edit_of_an_edited_plan_drops_its_edit_record_and_unchanged_rows_keep_it():
+    from dataclasses import replace
 
-    monkeypatch.setitem(sys.modules, "audiostory_cli.editing", None)
-    monkeypatch.delattr(audiostory_cli, "editing", raising=False)
-    (tmp_path / "out").mkdir()
-    studio = Studio(setup_run({"decoder": str(tiny_sa3)}, outdir=tmp_path / "out", device="cpu"), {},
-                    StudioFolder(tmp_path / "out"))  # fmt: skip
-    for edit in (lambda v: studio.reroll(v, 0), lambda v: studio.vary(v, 0, 0.5),
-                 lambda v: studio.recaption(v, 0, "x"), lambda v: studio.extend(v, "then gulls", 5.0)):
-        with pytest.raises(InputError, match="no editing operations"):
-            edit(studio.folder.version(1))
+    from audiostory_cli.editing import EventEdit
+    from audiostory_cli.editing.records import History as EditHistory
+    from audiostory_cli.settings import RenderOptions
+
+    first = _plan()
+    edited = replace(first, events=(first.events[0], replace(first.events[1], seed=5), first.events[2]),
+                     history=EditHistory(first.events, first.total_s, (EventEdit(event=1, seed=5),)),
+                     render=RenderOptions(seed=7))  # fmt: skip
+    edited = load_plan_text(edited)
+    rows = plan_rows(edited)
+    assert plan_from_rows(edited, rows) == edited  # Render of the version as it is: its edits replay
+    rows[2][1] = "a ship's bell rings"
+    changed = plan_from_rows(edited, rows)
+    assert changed.history is None and [e.seed for e in changed.events] == [None, 5, None]
+
+
+def load_plan_text(plan: Plan) -> Plan:
+    """``plan`` through its JSON (as a version's plan file is read): checked by the plan's own rules."""
+    from audiostory_cli.story import plan_from_dict, plan_to_dict
+
+    return plan_from_dict(plan_to_dict(plan))

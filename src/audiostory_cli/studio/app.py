@@ -88,7 +88,7 @@ def build_page(studio: Studio) -> gr.Blocks:
             render_button = gr.Button("Render", variant="primary", elem_id="render-button")
         table = gr.Dataframe(headers=list(TABLE_HEADERS), datatype=list(TABLE_TYPES), interactive=True,
                              static_columns=[0], type="array", elem_id="plan-table", wrap=True,
-                             label="Plan: edit captions, times and layers, then Render",
+                             label="Plan: edit captions, times, layers and seeds, then Render",
                              column_widths=list(TABLE_WIDTHS))  # fmt: skip
         picture = gr.Image(label="Timeline", interactive=False, elem_id="picture", type="filepath", format="png")
         player = gr.WaveformOptions(show_recording_waveform=False)  # the browser's own <audio> player
@@ -107,7 +107,8 @@ def build_page(studio: Studio) -> gr.Blocks:
             event_audio = gr.Audio(label="Event alone", type="numpy", interactive=False, elem_id="event-audio",
                                    waveform_options=player)  # fmt: skip
             with gr.Row():
-                strength = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Vary strength", elem_id="strength")
+                strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, elem_id="strength",
+                                     label="Vary strength (0.1 a nuance, 1 a new take)")  # fmt: skip
                 vary_button = gr.Button("Vary", elem_id="vary-button")
             with gr.Row():
                 caption = gr.Textbox(label="New caption for this event", scale=3, elem_id="caption")

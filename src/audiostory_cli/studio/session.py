@@ -20,7 +20,8 @@ from .. import audio_io, mix
 from ..errors import InputError, PlanError
 from ..pipeline import StoryResult, plan_story, render_to_file
 from ..settings import RenderOptions, merge_options
-from ..story import Event, Plan, Progress, ProgressFn, check_prompt, check_total_s, clip_seed, load_plan
+from ..story import Event, Plan, Progress, ProgressFn, check_prompt, check_total_s, load_plan
+from ..story import event_seed as story_event_seed
 from ..story import no_progress, plan_from_dict, plan_to_dict
 from .files import StudioFolder, Version
 
@@ -173,22 +174,25 @@ class Studio:
         samples = np.clip(wave[:, start:end].T, -1.0, 1.0) * np.iinfo(np.int16).max
         return sample_rate, np.ascontiguousarray(np.round(samples).astype(np.int16))
 
-    # --- edits: the editing API ------------------------------------------------------------------------------
+    # --- edits: the editing library (``audiostory_cli.editing``) ---------------------------------------------
 
     def reroll(self, version: Version, event: int, *, progress: ProgressFn = no_progress) -> Version:
-        """Event ``event`` again with a new seed, everything else kept."""
-        editing = _editing()
+        """Event ``event`` (the plan's 0-based index) again with a new seed, everything else kept."""
+        from .. import editing
+
         return self._edit(version, lambda: editing.EventEdit(event=event, reroll=True), event, progress)
 
     def vary(self, version: Version, event: int, strength: float, *, progress: ProgressFn = no_progress) -> Version:
-        """A variation of event ``event`` (``strength`` 0: the same, 1: a new take)."""
-        editing = _editing()
+        """A variation of event ``event`` (``strength`` in (0, 1]: 0.1 a nuance, 1 a new take)."""
+        from .. import editing
+
         return self._edit(version, lambda: editing.Vary(event=event, strength=strength), event, progress)
 
     def recaption(self, version: Version, event: int, caption: str, *,
                   progress: ProgressFn = no_progress) -> Version:  # fmt: skip
         """Event ``event`` re-rendered with a new caption, everything else kept."""
-        editing = _editing()
+        from .. import editing
+
         caption = (caption or "").strip()
         if not caption:
             raise InputError("the new caption is empty", hint="say what is heard in this event")
@@ -197,50 +201,53 @@ class Studio:
     def extend(self, version: Version, prompt: str, duration_s: float, *,
                progress: ProgressFn = no_progress) -> Version:  # fmt: skip
         """The story continued by ``duration_s`` seconds of what ``prompt`` says happens next."""
-        editing = _editing()
+        from .. import editing
+
         prompt = (prompt or "").strip()
         check_prompt(prompt)
+        check_total_s(duration_s)
         with self._lock:
             models = self.models()
-            story = editing.load_story(self.folder.inside(version.plan_path, "plan file"))
+            story = self._story(version)
             out = self.folder.next_version()
             result = editing.extend_story(models.planner, models.decoder, models.conditioner, story, prompt,
-                                          duration_s, out.audio_path, progress=progress)  # fmt: skip
+                                          duration_s, out.audio_path, progress=progress,
+                                          notify=_told(progress))  # fmt: skip
         return self._drawn(out, result)
 
     def _edit(self, version: Version, change: Callable[[], Any], event: int, progress: ProgressFn) -> Version:
-        editing = _editing()
+        from .. import editing
+
         with self._lock:
             models = self.models()
-            story = editing.load_story(self.folder.inside(version.plan_path, "plan file"))
+            story = self._story(version)
             _check_event(story.plan, event)
             out = self.folder.next_version()
             result = editing.apply_edit(models.decoder, models.conditioner, story, change(), out.audio_path,
-                                        progress=progress)  # fmt: skip
+                                        progress=progress, notify=_told(progress))  # fmt: skip
         return self._drawn(out, result)
 
-
-def _editing():
-    """The editing operations (``audiostory_cli.editing``), or one line saying this version lacks them."""
-    try:
+    def _story(self, version: Version):
+        """The version as the editing library reads it: plan, audio and latents. Each version's
+        ``story-NNN.latents.safetensors`` lies beside its plan, so an edit after an undo or a load starts from
+        that version's latents rather than rendering it again."""
         from .. import editing
-    except ImportError as err:
-        if err.name not in ("audiostory_cli.editing", "editing"):
-            raise
-        raise InputError("this audiostory has no editing operations (audiostory_cli.editing): reroll, vary, a "
-                         "new caption and extend need them", hint="update audiostory") from None
-    return editing
+
+        return editing.load_story(self.folder.inside(version.plan_path, "plan file"))
+
+
+def _told(progress: ProgressFn) -> Callable[[str], None]:
+    """The editing library's notes (a version without its latents renders again first) as progress reports, so
+    the page's bar says why an edit takes longer."""
+    return lambda line: progress(Progress("load", 0, 0, line))
 
 
 # --- the plan as a table ---------------------------------------------------------------------------------------
 
 
 def event_seed(plan: Plan, event: Event) -> int:
-    """The seed event ``event``'s clip renders with: its own (once plans carry one), else derived from the story's."""
-    own = getattr(event, "seed", None)
-    if own is not None:
-        return own
-    return clip_seed(plan.render.seed if plan.render is not None else RenderOptions().seed, event.index)
+    """The seed event ``event``'s clip renders with: its own (``Event.seed``), else derived from the story's."""
+    return story_event_seed(event, plan.render.seed if plan.render is not None else RenderOptions().seed)
 
 
 def plan_rows(plan: Plan) -> list[list[Any]]:
@@ -249,8 +256,9 @@ def plan_rows(plan: Plan) -> list[list[Any]]:
 
 
 def plan_from_rows(plan: Plan, rows: list[list[Any]]) -> Plan:
-    """``plan`` with the table's edits (captions, times, layers; rows added or removed), checked by the plan's own
-    validation (``story.plan_from_dict``): a ``PlanError`` naming the event and the field otherwise."""
+    """``plan`` with the table's edits (captions, times, layers, seeds; rows added or removed), checked by the
+    plan's own validation (``story.plan_from_dict``): a ``PlanError`` naming the event and the field otherwise. A
+    seed typed into the table becomes the event's own ``seed``; an empty cell leaves the event's seed as it was."""
     data = plan_to_dict(plan)
     old = {e.index: e for e in plan.events}
     events = []
@@ -263,11 +271,12 @@ def plan_from_rows(plan: Plan, rows: list[list[Any]]) -> Plan:
                    start_s=_cell_number(start_s, where, "start_s"), duration_s=_cell_number(duration_s, where,
                    "duration_s"), layer=_cell_int(layer, where, "layer"))  # fmt: skip
         before = old.get(row_number)
-        if before is not None and _cell_text(seed) not in ("", str(event_seed(plan, before))):
-            if "seed" not in raw:  # plans carry no seed of an event's own (yet): reroll gives one a new seed
-                raise PlanError(f"{where}: its seed is derived from the story's seed; to change it use Reroll")
-            raw["seed"] = _cell_int(seed, where, "seed")
+        shown_seed = None if before is None else str(event_seed(plan, before))
+        if _cell_text(seed) not in ("", shown_seed):  # a seed typed in: the event's own (empty: as it was)
+            raw["seed"] = _cell_seed(seed, where)
         events.append(raw)
+    if events != data["events"]:  # a table edit plans the story anew: no earlier edits to replay
+        data.pop("history", None)
     data["events"] = events
     try:
         return plan_from_dict(data)
@@ -301,6 +310,15 @@ def _cell_int(value: Any, where: str, name: str) -> int:
     if not number.is_integer():
         raise PlanError(f"{where}: {name} = {text[:40]!r} is not a whole number")
     return int(number)
+
+
+def _cell_seed(value: Any, where: str) -> int:
+    """A seed cell as an exact integer (seeds are 64-bit: no float on the way); its range is the plan's check."""
+    text = _cell_text(value)
+    try:
+        return int(text)
+    except ValueError:
+        raise PlanError(f"{where}: seed = {text[:40]!r} is not a whole number") from None
 
 
 def _check_event(plan: Plan, event: int) -> None:
