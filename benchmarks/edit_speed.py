@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=10, help="foreground events in the story")
     parser.add_argument("--event-s", type=float, default=6.0, help="seconds per event")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the decoder's own)")
-    parser.add_argument("--edit", type=int, default=None, help="event to reroll, from 1 (default: the middle)")
+    parser.add_argument("--edit", type=int, default=None, help="index of the event to reroll (default: the middle)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return parser.parse_args(argv)
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         full = render_to_file(models.decoder, plan, options, models.conditioner, scratch / "story.wav")
         full_s = time.perf_counter() - started
-        index = (args.edit - 1) if args.edit else args.events // 2
+        index = args.edit if args.edit is not None else args.events // 2
         story = load_story(full.plan_path)
         started = time.perf_counter()
         edited = apply_edit(models.decoder, models.conditioner, story, EventEdit(index, seed=777), scratch / "e.wav")
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"decoder {args.decoder} ({args.size}), {args.events} events x {args.event_s:g} s, steps "
           f"{full.plan.render.steps}, CPU {cpu}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     print(f"full render:            {full_s:8.2f} s")
-    print(f"edit --event {index + 1} --reroll: {edit_s:8.2f} s")
+    print(f"edit --event {index} --reroll: {edit_s:8.2f} s")
     span = (changed[-1] - changed[0] + 1) / sr if changed.size else 0.0
     print(f"samples changed: {span:.2f} s of {old.shape[1] / sr:.2f} s (from {changed[0] / sr if changed.size else 0:.2f} s)")
     for name, (b, a) in zip(("join into the event", "join out of it"), zip(before, after)):

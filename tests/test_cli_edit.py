@@ -38,7 +38,7 @@ def rendered_plan(tmp_path) -> Path:
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["--event", "9", "--reroll"], 1, "event 9: the story has events 1 to 5"),
+        (["--event", "9", "--reroll"], 1, "event 9: the story has events 0 to 4"),
         (["--event", "2"], 2, "nothing to change"),
         (["--event", "2", "--reroll", "--seed", "3"], 2, "not both"),
         (["--vary", "2"], 2, "--vary needs --strength"),
@@ -95,16 +95,16 @@ def test_edit_then_render_on_the_command_line(run, tiny_sa3_small, tmp_path):
     story = tmp_path / "story.wav"
     assert run("render", tmp_path / "plan.json", "--decoder", tiny_sa3_small, "--steps", "2", "--device", "cpu",
                "-o", story).exit_code == 0  # fmt: skip
-    result = run("edit", tmp_path / "story.plan.json", "--event", "3", "--reroll", "-o", tmp_path / "v2.wav",
+    result = run("edit", tmp_path / "story.plan.json", "--event", "2", "--reroll", "-o", tmp_path / "v2.wav",
                  "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "event 3: seed" in result.output
+    assert "event 2: seed" in result.output
     again = run("render", tmp_path / "v2.plan.json", "-o", tmp_path / "again.wav", "--device", "cpu")
     assert again.exit_code == 0, again.output
     a, b = audio_io.read_audio(tmp_path / "v2.wav")[0], audio_io.read_audio(tmp_path / "again.wav")[0]
     assert np.array_equal(a, b)
     old = audio_io.read_audio(story)[0]
-    start = round(14.0 * 44100)  # event 3 starts at 14 s: everything before it is the old file's
+    start = round(14.0 * 44100)  # event 2 starts at 14 s: everything before it is the old file's
     assert np.array_equal(a[:, :start], old[:, :start]) and not np.array_equal(a, old)
 
 

@@ -265,7 +265,7 @@ def test_version_1_plans_still_load_and_per_event_seeds_need_version_2():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (EventEdit(event=6, seed=1), "event 7: the story has events 1 to 6"),
+        (EventEdit(event=6, seed=1), "event 6: the story has events 0 to 5"),
         (EventEdit(event=1), "nothing to change"),
         (Vary(event=1, strength=0.0), "strength"),
         (Vary(event=1, strength=1.5), "strength"),

@@ -27,11 +27,11 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="The new story's
 def edit(
     story: StoryArg,
     output: OutputOpt,
-    event: Annotated[Optional[int], typer.Option("--event", metavar="N", min=1, help="Render event N (as the tables "
-                     "number them, from 1) again, with --caption, --duration, --seed or --reroll. Its head continues "
+    event: Annotated[Optional[int], typer.Option("--event", metavar="N", min=0, help="Render event N (its index, as "
+                     "the plan table, the picture and the plan JSON show it) again, with --caption, --duration, --seed or --reroll. Its head continues "
                      "the event before it; the next event's head is re-generated to continue it, the rest of that "
                      "clip kept.")] = None,
-    vary: Annotated[Optional[int], typer.Option("--vary", metavar="N", min=1, help="A variation of event N: its "
+    vary: Annotated[Optional[int], typer.Option("--vary", metavar="N", min=0, help="A variation of event N: its "
                     "current latents noised to --strength and denoised again.")] = None,
     inpaint: Annotated[Optional[str], typer.Option("--inpaint", metavar="START:END", help="Regenerate the story "
                        "between START and END seconds (e.g. 12.5:15), everything outside kept; --caption says what "
@@ -79,10 +79,10 @@ def edit(
         _check_plot(plot, output)
         loaded = load_story(story)
         if event is not None:
-            change = EventEdit(event=event - 1, caption=caption, duration_s=duration,
+            change = EventEdit(event=event, caption=caption, duration_s=duration,
                                seed=fresh_seed() if reroll else seed)  # fmt: skip
         elif vary is not None:
-            change = Vary(event=vary - 1, strength=strength, seed=seed)
+            change = Vary(event=vary, strength=strength, seed=seed)
         else:
             change = Inpaint(start_s=span[0], end_s=span[1], caption=caption, seed=seed)
         _check_change(change, loaded.plan)  # before any model loads
@@ -184,7 +184,7 @@ def _what_changed(change) -> str:
         parts = [f"caption {change.caption!r}" if change.caption is not None else "",
                  f"duration {change.duration_s:.3f} s" if change.duration_s is not None else "",
                  f"seed {change.seed}" if change.seed is not None else ""]  # fmt: skip
-        return f"event {change.event + 1}: " + ", ".join(p for p in parts if p)
+        return f"event {change.event}: " + ", ".join(p for p in parts if p)
     if isinstance(change, Inpaint):
         return f"inpainted {change.start_s:g}-{change.end_s:g} s with seed {change.seed}"
-    return f"event {change.event + 1} varied at strength {change.strength:g} with seed {change.seed}"
+    return f"event {change.event} varied at strength {change.strength:g} with seed {change.seed}"

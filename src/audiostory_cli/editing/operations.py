@@ -90,7 +90,7 @@ def snapped_duration(event: Event, duration_s: float, decoder: Decoder) -> float
     if frames == 0:
         raise InputError(
             f"duration {duration_s:g} s is within half a latent step ({unit / sr * 1000:.0f} ms) of event "
-            f"{event.index + 1}'s {event.duration_s:g} s: nothing would change",
+            f"{event.index}'s {event.duration_s:g} s: nothing would change",
             hint="give a duration that differs more",
         )
     snapped = event.duration_s + frames * unit / sr
@@ -161,7 +161,7 @@ def apply_change(
         if isinstance(change, Inpaint) and change.caption is not None and kind == "inpaint":
             text = decoder.encode_text(change.caption)
         done += 1
-        progress(Progress("render", done - 1, done + len(queue), f"event {index + 1} ({kind})"))
+        progress(Progress("render", done - 1, done + len(queue), f"event {index} ({kind})"))
         request = ClipRequest(event=event, n_samples=n, seed=seed, text=text, start_sample=start, guide=guide)
         clip = decoder.render([request], options, batch_size=1, progress=progress)[0]
         latents[index], origins[index] = clip.latents, clip.origin_sample
@@ -287,7 +287,7 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
     covered = 0  # frames of the new grid the old latents cover
     if kind == "stretch":  # its frames up to the edit point, then its old frames moved by the edit's frames
         if old is None or old_origin != origin:
-            raise AssertionError(f"event {index + 1}: a stretched bed's grid moved ({old_origin} -> {origin})")
+            raise AssertionError(f"event {index}: a stretched bed's grid moved ({old_origin} -> {origin})")
         at, delta = stretch
         cut, k = (at - origin) // hop, delta // hop
         half = math.ceil(BAND_S * sr / hop) // 2
@@ -299,7 +299,7 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
         pinned[max(0, cut - half) : cut + max(k, 0) + half] = False
     if kind in ("vary", "inpaint", "follow"):
         if old is None or (old_origin - origin) % hop:
-            raise AssertionError(f"event {index + 1}: its grid moved off its frames ({old_origin} -> {origin})")
+            raise AssertionError(f"event {index}: its grid moved off its frames ({old_origin} -> {origin})")
         # A follower of a --duration edit on SAME-S lays its grid on whole attention chunks of the edited
         # clip's: its old frames land ``m`` frames further on (the same latents; its decode is new).
         m = (old_origin - origin) // hop

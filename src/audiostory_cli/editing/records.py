@@ -38,7 +38,7 @@ MAX_EDITS = 1000  # edits one plan may record (each is a line of JSON)
 class EventEdit:
     """Render event ``event`` again: with a new caption, duration and/or seed (``--event N``)."""
 
-    event: int  # index of the event in the plan (0-based; the CLI's ``--event N`` is N - 1)
+    event: int  # index of the event in the plan (as its tables show it; the CLI's ``--event N``)
     caption: str | None = None  # its new caption; None: unchanged
     duration_s: float | None = None  # its new duration (what follows moves with it); None: unchanged
     seed: int | None = None  # the seed of its new clip; None: its current one
@@ -274,10 +274,9 @@ def continue_from_dict(raw: Any) -> ContinueFrom:
 
 
 def check_event_number(event: Any, events: tuple[Event, ...]) -> None:
-    """``event`` (0-based) names one of ``events``; the message counts from 1, as the CLI and tables do."""
+    """``event`` is the index of one of ``events`` (as the plan's tables, picture and JSON number them)."""
     if isinstance(event, bool) or not isinstance(event, int) or not 0 <= event < len(events):
-        number = event + 1 if isinstance(event, int) and not isinstance(event, bool) else shown(event)
-        raise InputError(f"event {number}: the story has events 1 to {len(events)}")
+        raise InputError(f"event {shown(event)}: the story has events 0 to {len(events) - 1}")
 
 
 def check_strength(strength: Any) -> None:
@@ -313,12 +312,12 @@ def check_event_edit(change: EventEdit, events: tuple[Event, ...], total_s: floa
             stays = other.index != target.index and not moves(other, target) and not stretches(other, target)
             if stays and other.end_s > new_end + 1e-9:
                 raise InputError(
-                    f"--duration {change.duration_s:g} shortens event {change.event + 1} to end before event "
-                    f"{other.index + 1} (layer {other.layer}) does, which would be cut",
+                    f"--duration {change.duration_s:g} shortens event {change.event} to end before event "
+                    f"{other.index} (layer {other.layer}) does, which would be cut",
                     hint="change the durations in the plan file by hand and render it",
                 )
             if stretches(other, target) and other.duration_s + delta <= 0.1:
-                raise InputError(f"--duration would leave event {other.index + 1} (layer {other.layer}) under 0.1 s")
+                raise InputError(f"--duration would leave event {other.index} (layer {other.layer}) under 0.1 s")
 
 
 def check_inpaint(change: Inpaint, total_s: float) -> None:
@@ -340,4 +339,4 @@ def check_extend(change: Extend, events: tuple[Event, ...], total_s: float) -> N
         raise InputError(f"the prompt has {len(change.prompt)} characters: at most {MAX_PROMPT_CHARS}")
     for e in change.events:
         if e.start_s < total_s - 1e-9:
-            raise InputError(f"extend: event {e.index + 1} starts at {e.start_s:g} s, before the story's end ({total_s:g} s)")
+            raise InputError(f"extend: event {e.index} starts at {e.start_s:g} s, before the story's end ({total_s:g} s)")
