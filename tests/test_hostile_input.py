@@ -383,12 +383,15 @@ def test_output_names_the_file_system_refuses_are_a_line_problem(tmp_path, outpu
     assert tasks[0].problem is None and problem in tasks[1].problem and tasks[1].output is None
 
 
-def test_the_longest_output_name_allowed_can_be_written_with_its_plan_and_partial_files(tmp_path):
-    name = "a" * 222 + ".wav"
+def test_the_longest_output_name_allowed_can_be_written_with_its_plan_latents_and_partial_files(tmp_path):
+    name = "a" * 205 + ".wav"  # 255 less what the latents' partial name adds (50 bytes)
     (task,) = make_tasks([BatchItem(1, "s", output=name)], BatchSettings(tmp_path, RenderOptions(), 5.0))
     assert task.problem is None
+    (longer,) = make_tasks([BatchItem(1, "s", output="a" + name)], BatchSettings(tmp_path, RenderOptions(), 5.0))
+    assert "too long" in longer.problem
     stem = name[:-4]
-    for made in (name, f".{name}.12345678.partial.wav", f"{stem}.plan.json", f".{stem}.plan.json.12345678.partial.json"):
+    for made in (name, f".{name}.12345678.partial.wav", f"{stem}.plan.json", f".{stem}.plan.json.12345678.partial.json",
+                 f"{stem}.latents.safetensors", f".{stem}.latents.safetensors.12345678.partial.safetensors"):
         (tmp_path / made).write_bytes(b"x")  # none is ENAMETOOLONG
 
 

@@ -187,17 +187,19 @@ def partial_name_bytes(name: str) -> int:
 
 
 def check_name_length(name: str, limit: int) -> None:
-    """The audio file ``name``, its plan ``STEM.plan.json`` and the hidden partial files written before them
-    all fit in ``limit`` bytes (a longer name fails only when the story is written, its work lost)."""
+    """The audio file ``name``, its plan ``STEM.plan.json``, its latents ``STEM.latents.safetensors`` and the hidden
+    partial files written before them all fit in ``limit`` bytes (a longer name fails only when the story is
+    written, its work lost)."""
     stem_bytes = len(os.fsencode(Path(name).stem))
     suffix_bytes = len(os.fsencode(Path(name).suffix))
-    longest = max(partial_name_bytes(name), partial_name_bytes(Path(name).stem + ".plan.json"))
+    beside = (Path(name).suffix, ".plan.json", ".latents.safetensors")
+    longest = max(partial_name_bytes(Path(name).stem + suffix) for suffix in beside)
     if longest > limit:
-        overhead = max(partial_name_bytes("x" + Path(name).suffix), partial_name_bytes("x.plan.json")) - 1
+        overhead = max(partial_name_bytes("x" + suffix) for suffix in beside) - 1
         raise InputError(
             f"output = {_quoted(name)}: {stem_bytes + suffix_bytes} bytes is too long: this file system takes "
-            f"names of at most {limit} bytes, so an output (whose plan and temporary files add to its name) "
-            f"may have {limit - overhead + suffix_bytes} bytes here"
+            f"names of at most {limit} bytes, so an output (whose plan, latents and temporary files add to its "
+            f"name) may have {limit - overhead + suffix_bytes} bytes here"
         )
 
 
