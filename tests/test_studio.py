@@ -427,6 +427,7 @@ def test_edits_through_the_api_change_only_their_event_and_undo_goes_back(server
 
 
 def test_a_plan_in_the_folder_loads_with_its_audio_or_alone(tmp_path, tiny_sa3):
+    pytest.importorskip("matplotlib")  # a loaded version gets its picture (the studio extra brings matplotlib)
     from audiostory_cli import audio_io
     from audiostory_cli.run_setup import setup_run
     from audiostory_cli.story import plan_to_json
