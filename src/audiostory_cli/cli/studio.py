@@ -41,8 +41,8 @@ LOCAL_HOST = "127.0.0.1"  # the only address the page binds to unless --host say
 @app.command()
 def studio(
     outdir: Annotated[Path, typer.Option("--outdir", "-o", help="The studio's folder (created if missing): every "
-                      "version made on the page is written here (story-NNN.wav, .plan.json, .png), plans are "
-                      "loaded from here, and the page serves files from nowhere else.")] = Path("studio"),
+                      "version made on the page is written here (story-NNN.wav, .plan.json, .latents.safetensors, "
+                      ".png), plans are loaded from here, and the page serves files from nowhere else.")] = Path("studio"),
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to serve on; 0: any free one (the "
                     "URL is printed on stdout).")] = 7860,
     host: Annotated[str, typer.Option("--host", help="Address to bind. Anything but 127.0.0.1 lets other machines "
