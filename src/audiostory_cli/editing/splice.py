@@ -89,13 +89,3 @@ def _fit_ceiling(part: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarr
     np.clip(out, -ceiling, ceiling, out=out)
     return out
 
-
-def changed_range(old: np.ndarray | None, new: np.ndarray, start: int) -> tuple[int, int] | None:
-    """The timeline range where a clip placed at ``start`` changed: from its first to its last differing
-    sample (exact comparison), the whole clip when the lengths differ or there is no old one; None: identical."""
-    if old is None or old.shape != new.shape:
-        return start, start + new.shape[-1]
-    differs = np.flatnonzero(np.any(old != new, axis=0))
-    if differs.size == 0:
-        return None
-    return start + int(differs[0]), start + int(differs[-1]) + 1
