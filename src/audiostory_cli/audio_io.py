@@ -326,6 +326,29 @@ def _export_ffmpeg(file: BinaryIO, samples: np.ndarray, sample_rate: int, muxer:
         raise AudioIOError(f"ffmpeg could not encode {muxer}/{codec}: {str(err).strip()[-300:]}") from err
 
 
+# --- a story's files ------------------------------------------------------------------------------
+
+
+def story_stem(path: str | os.PathLike[str]) -> str:
+    """The story's name in a plan or audio path: ``story`` for story.plan.json, story.json and story.wav."""
+    name = Path(path).name
+    for suffix in (".plan.json", ".json"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def find_audio(plan_path: str | os.PathLike[str]) -> Path | None:
+    """The audio file beside a plan (story.wav, .flac, ... for story.plan.json, in SUPPORTED_EXTENSIONS's order:
+    the lossless ones first), or None."""
+    plan_path = Path(plan_path)
+    for extension in SUPPORTED_EXTENSIONS:
+        candidate = plan_path.with_name(story_stem(plan_path) + extension)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 # --- reading and resampling ---------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audio_io, mix
+from .audio_io import find_audio, story_stem  # noqa: F401  (where the CLI and the studio find them)
 from .errors import InputError
 from .settings import DEFAULT_CROSSFADE_S
 from .story import Event, Plan
@@ -90,29 +91,10 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
     return audio_io.check_target(path, "picture path")
 
 
-def story_stem(path: str | os.PathLike[str]) -> str:
-    """The story's name in a plan or audio path: ``story`` for story.plan.json, story.json and story.wav."""
-    name = Path(path).name
-    for suffix in (".plan.json", ".json"):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
 def plot_path_for(path: str | os.PathLike[str]) -> Path:
     """Where a story's picture goes by default: ``<name>.png`` beside its plan or audio file."""
     path = Path(path)
     return path.with_name(story_stem(path) + ".png")
-
-
-def find_audio(plan_path: str | os.PathLike[str]) -> Path | None:
-    """The audio file beside a plan (story.wav, .flac, ... for story.plan.json), or None."""
-    plan_path = Path(plan_path)
-    for extension in audio_io.SUPPORTED_EXTENSIONS:
-        candidate = plan_path.with_name(story_stem(plan_path) + extension)
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def read_story_audio(path: str | os.PathLike[str], plan: Plan) -> StoryAudio:

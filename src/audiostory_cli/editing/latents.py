@@ -40,9 +40,9 @@ class StoryState:
 
 def latents_path_for(plan_path: Path) -> Path:
     """``story.plan.json`` -> ``story.latents.safetensors``, beside it."""
-    name = plan_path.name
-    stem = name[: -len(".plan.json")] if name.endswith(".plan.json") else plan_path.stem
-    return plan_path.with_name(stem + SUFFIX)
+    from ..audio_io import story_stem
+
+    return plan_path.with_name(story_stem(plan_path) + SUFFIX)
 
 
 def digest(data: bytes) -> str:

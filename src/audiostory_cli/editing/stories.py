@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from ..pipeline import StoryResult
     from ..story import ProgressFn
 
-LOSSLESS = (".wav", ".flac")  # formats whose samples read back exactly as written
-PLAN_SUFFIX = ".plan.json"
+LOSSLESS = (".wav", ".flac")  # formats whose samples read back exactly as written (find_audio tries them first)
 MAX_CONTEXT_EVENTS = 24  # events of the story so far shown to the planner when extending
 
 
@@ -47,18 +46,6 @@ class Story:
     why_not: str = ""  # why the latents cannot be used (the story then renders again first)
 
 
-def audio_path_for(plan_path: Path) -> Path | None:
-    """``story.plan.json`` -> the ``story.<ext>`` beside it (lossless formats first); None if there is none."""
-    name = plan_path.name
-    stem = name[: -len(PLAN_SUFFIX)] if name.endswith(PLAN_SUFFIX) else plan_path.stem
-    ordered = list(LOSSLESS) + [e for e in audio_io.SUPPORTED_EXTENSIONS if e not in LOSSLESS]
-    for extension in ordered:
-        candidate = plan_path.with_name(stem + extension)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_story(plan_path: str | os.PathLike[str]) -> Story:
     """Read a story: its plan (validated), its audio and latents when they belong to it."""
     plan_path = Path(plan_path).expanduser()
@@ -69,7 +56,7 @@ def load_story(plan_path: str | os.PathLike[str]) -> Story:
             hint=f"render it first: audiostory render {plan_path} -o story.wav",
         )
     text = plan_path.read_bytes().decode("utf-8-sig")
-    audio = audio_path_for(plan_path)
+    audio = audio_io.find_audio(plan_path)
     if audio is None:
         return Story(plan, plan_path, None, text, why_not=f"no audio file beside {plan_path.name}")
     if audio.suffix.lower() not in LOSSLESS:
