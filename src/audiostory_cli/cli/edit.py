@@ -55,6 +55,7 @@ def edit(
     so `audiostory render` of it gives the same file. One change per run."""
     from ..editing import EventEdit, Inpaint, Vary, apply_edit, load_story
     from ..editing.operations import fresh_seed, resolve
+    from ..editing.records import check_change
     from ..editing.stories import check_edit_output
     from ..run_setup import setup_run
 
@@ -85,7 +86,7 @@ def edit(
             change = Vary(event=vary, strength=strength, seed=seed)
         else:
             change = Inpaint(start_s=span[0], end_s=span[1], caption=caption, seed=seed)
-        _check_change(change, loaded.plan)  # before any model loads
+        check_change(change, loaded.plan.events, loaded.plan.total_s)  # before any model loads
         check_edit_output(loaded, output)
         setup = setup_run({}, saved=loaded.plan.render, output=output, device=device, dtype=dtype, notify=_notify)
         models = _load_models(setup, need_planner=False)
@@ -119,15 +120,14 @@ def extend(
     """Add to a rendered story: the planner sees its events and tone and plans only what follows; the first new
     clip continues the story's last one. The old part of the audio is unchanged to the sample."""
     from ..editing import extend_story, load_story
+    from ..editing.records import check_extension
     from ..editing.stories import check_edit_output
     from ..run_setup import setup_run
 
     with errors():
         _check_plot(plot, output)
         loaded = load_story(story)
-        if loaded.plan.total_s + duration > 600.0:
-            raise InputError(f"the story is {loaded.plan.total_s:g} s: adding {duration:g} s passes 600 s",
-                             hint=f"give --duration {600.0 - loaded.plan.total_s:g} or less")  # fmt: skip
+        check_extension(loaded.plan.total_s, duration)
         saved = loaded.plan.render
         given = {"planner": planner} if planner is not None else {}
         if saved.planner is None and planner is None and saved.model is None:
@@ -160,21 +160,6 @@ def _parse_range(text: str) -> tuple[float, float]:
         raise typer.BadParameter(f"{text!r}: must be START:END in seconds with 0 <= START < END, e.g. 12.5:15",
                                  param_hint="'--inpaint'")  # fmt: skip
     return start, end
-
-
-def _check_change(change, plan) -> None:
-    """What can be checked of a change from the plan alone (events, ranges, strength), before models load."""
-    from ..editing.records import EventEdit, Inpaint, Vary, check_event_edit, check_inpaint, check_strength
-    from ..editing.records import check_event_number
-
-    if isinstance(change, Inpaint):
-        check_inpaint(change, plan.total_s)
-        return
-    check_event_number(change.event, plan.events)
-    if isinstance(change, Vary):
-        check_strength(change.strength)
-    elif isinstance(change, EventEdit):
-        check_event_edit(change, plan.events, plan.total_s)
 
 
 def _what_changed(change) -> str:

@@ -32,8 +32,7 @@ from ..settings import MAX_SEED, RenderOptions
 from ..story import Event, Plan, Progress, ProgressFn, clip_seed, event_seed, no_progress
 from .continuation import fade_out
 from .latents import StoryState
-from .records import Change, EventEdit, Extend, Inpaint, Vary, apply_to_events, check_event_edit, check_extend
-from .records import check_event_number, check_inpaint, check_strength, moves, stretches
+from .records import Change, EventEdit, Extend, Inpaint, Vary, apply_to_events, check_change, moves, stretches
 from .splice import Shift, merge, splice
 
 if TYPE_CHECKING:
@@ -63,23 +62,16 @@ def fresh_seed() -> int:
 def resolve(change: Change, plan: Plan, decoder: Decoder) -> Change:
     """``change`` checked against ``plan``, its seed drawn where none was given, its duration snapped to whole
     latent frames of the decoder (what follows then moves by whole frames, so its clips stay as they were)."""
-    events, total_s = plan.events, plan.total_s
+    check_change(change, plan.events, plan.total_s)
     if isinstance(change, Extend):
-        check_extend(change, events, total_s)
         return change
-    if isinstance(change, Inpaint):
-        check_inpaint(change, total_s)
+    if isinstance(change, (Inpaint, Vary)):
         return change if change.seed is not None else replace(change, seed=fresh_seed())
-    check_event_number(change.event, events)
-    if isinstance(change, Vary):
-        check_strength(change.strength)
-        return change if change.seed is not None else replace(change, seed=fresh_seed())
-    check_event_edit(change, events, total_s)
     if change.reroll:
         change = replace(change, seed=fresh_seed(), reroll=False)
     if change.duration_s is None:
         return change
-    return replace(change, duration_s=snapped_duration(events[change.event], change.duration_s, decoder))
+    return replace(change, duration_s=snapped_duration(plan.events[change.event], change.duration_s, decoder))
 
 
 def snapped_duration(event: Event, duration_s: float, decoder: Decoder) -> float:

@@ -273,6 +273,26 @@ def continue_from_dict(raw: Any) -> ContinueFrom:
 # --- checks shared by the CLI, the library and the plan reader ------------------------------------------
 
 
+def check_change(change: Change, events: tuple[Event, ...], total_s: float) -> None:
+    """Everything about ``change`` that the plan alone can refuse (before any model loads)."""
+    if isinstance(change, Extend):
+        check_extend(change, events, total_s)
+    elif isinstance(change, Inpaint):
+        check_inpaint(change, total_s)
+    elif isinstance(change, Vary):
+        check_event_number(change.event, events)
+        check_strength(change.strength)
+    else:
+        check_event_edit(change, events, total_s)
+
+
+def check_extension(total_s: float, duration_s: float) -> None:
+    """``duration_s`` more seconds fit after a story of ``total_s``."""
+    if total_s + duration_s > MAX_TOTAL_S:
+        raise InputError(f"the story is {total_s:g} s: adding {duration_s:g} s passes {MAX_TOTAL_S:g} s",
+                         hint=f"give --duration {MAX_TOTAL_S - total_s:g} or less")  # fmt: skip
+
+
 def check_event_number(event: Any, events: tuple[Event, ...]) -> None:
     """``event`` is the index of one of ``events`` (as the plan's tables, picture and JSON number them)."""
     if isinstance(event, bool) or not isinstance(event, int) or not 0 <= event < len(events):

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..story import Plan, StoryRequest, Track, load_plan, no_progress
 from .latents import StoryState, latents_path_for, read_state
 from .operations import apply_change, resolve
-from .records import Change, Extend, History
+from .records import Change, Extend, History, check_extension
 
 if TYPE_CHECKING:
     from ..conditioning.base import Conditioner
@@ -105,8 +105,7 @@ def extend_story(
     check_prompt(prompt)
     check_total_s(duration_s)
     plan = story.plan
-    if plan.total_s + duration_s > 600.0:
-        raise InputError(f"the story would last {plan.total_s + duration_s:g} s: at most 600")
+    check_extension(plan.total_s, duration_s)
     output_path, plan_path = check_edit_output(story, output)
     max_event_s = longest_event_s(decoder.caps.window_s, plan.render.crossfade_s)
     request = StoryRequest(
