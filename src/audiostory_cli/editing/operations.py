@@ -281,14 +281,13 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
         if old is None or old_origin != origin:
             raise AssertionError(f"event {index}: a stretched bed's grid moved ({old_origin} -> {origin})")
         at, delta = stretch
-        cut, k = (at - origin) // hop, delta // hop
-        half = math.ceil(BAND_S * sr / hop) // 2
+        cut, resume, half = _stretch_frames(origin, at, delta, hop, sr)
         known[: min(cut, frames)] = old[: min(cut, frames)]
-        tail = old[max(cut, cut - k) :][: max(0, frames - (cut + max(k, 0)))]
-        known[cut + max(k, 0) : cut + max(k, 0) + len(tail)] = tail
+        tail = old[max(cut, cut - delta // hop) :][: max(0, frames - resume)]
+        known[resume : resume + len(tail)] = tail
         pinned[: min(cut, old.shape[0], frames)] = True
-        pinned[cut + max(k, 0) : cut + max(k, 0) + len(tail)] = True
-        pinned[max(0, cut - half) : cut + max(k, 0) + half] = False
+        pinned[resume : resume + len(tail)] = True
+        pinned[max(0, cut - half) : resume + half] = False
     if kind in ("vary", "inpaint", "follow"):
         if old is None or (old_origin - origin) % hop:
             raise AssertionError(f"event {index}: its grid moved off its frames ({old_origin} -> {origin})")
@@ -320,12 +319,18 @@ def _guide(kind, change, index, head, origin, old_origin, old, start, n, hop, sr
     return LatentGuide(origin_sample=origin, latents=known, pinned=pinned, strength=strength)
 
 
+def _stretch_frames(origin: int, at: int, delta: int, hop: int, sr: int) -> tuple[int, int, int]:
+    """A stretched bed's grid: the frame of the edit point (``cut``), the frame its old latents from there on
+    resume at (``cut`` plus the frames a longer event adds), and half its free band around the edit point."""
+    cut = (at - origin) // hop
+    return cut, cut + max(delta // hop, 0), math.ceil(BAND_S * sr / hop) // 2
+
+
 def _stretched_wave(new, old, origin, start, at, delta, hop, sr) -> np.ndarray:
     """A stretched bed's wave: its new decode up to ``STRETCH_SETTLE_FRAMES`` past its free band, then its old
     samples, ``delta`` later (the same latents there; only float rounding differs where they meet)."""
-    cut, k = (at - origin) // hop, delta // hop
-    half = math.ceil(BAND_S * sr / hop) // 2
-    meet = origin + (cut + max(k, 0) + half + STRETCH_SETTLE_FRAMES) * hop - start  # clip sample where they meet
+    _, resume, half = _stretch_frames(origin, at, delta, hop, sr)
+    meet = origin + (resume + half + STRETCH_SETTLE_FRAMES) * hop - start  # clip sample where they meet
     if not 0 < meet < new.shape[-1] or meet - delta >= old.shape[-1]:
         return new
     out = new.copy()
