@@ -127,3 +127,14 @@ def real_planner_gguf() -> str:
         done = subprocess.run([str(REAL_PLANNER_TOOL)], capture_output=True, text=True, check=True, timeout=3600)
         path = done.stdout.strip().splitlines()[-1]
     return path
+
+
+@pytest.fixture
+def run():
+    """``audiostory ARGS...`` in-process (Typer's runner): the result's exit code, stdout and stderr."""
+    from typer.testing import CliRunner
+
+    from audiostory_cli.cli import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args], catch_exceptions=False)

@@ -20,16 +20,6 @@ FAST = ["--steps", "2", "--device", "cpu"]
 
 
 @pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
-
-
-@pytest.fixture
 def models(tiny_planner, tiny_decoder):
     return ["--planner", tiny_planner, "--decoder", tiny_decoder]
 

@@ -10,9 +10,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
-from audiostory_cli.cli import app
 from audiostory_cli.story import load_plan, plan_from_dict
 
 pytest.importorskip("matplotlib", reason='the plot extra: pip install -e ".[plot]"')
@@ -48,12 +46,6 @@ def story(n_events: int, total_s: float) -> dict:
         event["index"] = i
     return {"prompt": "a storm reaches a quiet harbor, a ship's bell rings, the rain stops and gulls return",
             "total_s": total_s, "tone": "calm, then tense", "events": events}  # fmt: skip
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def write_plan(folder, n_events: int, total_s: float, name: str = "story.plan.json"):
