@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, NamedTuple
 
 from .checkpoints import ModelKind, resolve
+from .devices import keep_freed_memory
 from .errors import InputError, ModelLoadError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -68,8 +69,12 @@ def describe_decoder(ref: str) -> DecoderCaps:
 
 
 def load_decoder(ref: str, *, device: torch.device, dtype: torch.dtype) -> Decoder:
-    """Load the decoder ``ref`` names, through the backend its files say."""
+    """Load the decoder ``ref`` names, through the backend its files say. On a CPU, glibc's malloc is first told
+    to keep freed memory for reuse (``devices.keep_freed_memory``: the VAE's activations are not page-faulted in
+    anew at every layer)."""
     backend, folder = find_decoder(ref)
+    if device.type == "cpu":
+        keep_freed_memory()
     return backend.load(ref, folder, device=device, dtype=dtype)
 
 
