@@ -51,8 +51,9 @@ def find_decoder(ref: str) -> tuple[DecoderBackend, Path]:
     except ModelNotFoundError as err:
         if ref != DEFAULT_DECODER:
             raise
-        raise ModelNotFoundError(err.args[0], hint=f"{err.hint}; or render with TangoFlux instead, not gated "
-                                 f"(non-commercial weights): --decoder {TANGOFLUX}") from None  # fmt: skip
+        said = f"{err.hint}; or" if err.hint else "or"
+        raise ModelNotFoundError(err.args[0], hint=f"{said} render with TangoFlux instead, not gated (non-commercial "
+                                 f"weights): --decoder {TANGOFLUX}") from None  # fmt: skip
     if folder.is_file():
         raise ModelLoadError(f"decoder '{ref}' is a file; expected a folder ({kind.layout})")
     backends = decoder_backends()
