@@ -122,15 +122,15 @@ def test_a_hub_file_in_checkpoints_is_used_without_asking_the_hub(hub, tmp_path,
 
 
 def test_a_hub_file_comes_from_the_cache_before_the_hub(hub, tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    hub.cached = _file(tmp_path / "hub-cache" / FILE)
-    assert resolve(HUB_FILE, KIND) == hub.cached
-    assert hub.calls == [(REPO, FILE, True)]
-    hub.cached, hub.remote, hub.calls[:] = hub.cached.parent / "gone", _file(tmp_path / "downloaded" / FILE), []
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    hub.cached = LocalEntryNotFoundError("not in the cache")
-    assert resolve(HUB_FILE, KIND) == hub.remote
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    cached, downloaded = _file(tmp_path / "hub-cache" / FILE), _file(tmp_path / "downloaded" / FILE)
+    hub.cached, hub.remote = cached, downloaded
+    assert resolve(HUB_FILE, KIND) == cached
+    assert hub.calls == [(REPO, FILE, True)]  # in the cache: the hub is not asked
+    hub.cached, hub.calls = LocalEntryNotFoundError("not in the cache"), []
+    assert resolve(HUB_FILE, KIND) == downloaded
     assert hub.calls == [(REPO, FILE, True), (REPO, FILE, False)]
 
 

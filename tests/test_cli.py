@@ -932,11 +932,13 @@ def test_a_batch_names_the_default_planner_its_device_picks(monkeypatch):
     from audiostory_cli.settings import RenderOptions
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp" else real(name, *a))
+    installed = lambda name, *a: object() if name == "llama_cpp" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", installed)
     on_cpu = with_default_refs(RenderOptions(), device="cpu")
     assert (on_cpu.planner, on_cpu.decoder) == (LLAMA_PLANNER, DEFAULT_DECODER)
     assert with_default_refs(RenderOptions(), device="cuda").planner == TRANSFORMERS_PLANNER  # a GPU (on Ray's actors)
-    assert with_default_refs(RenderOptions(), device="cpu", planner_engine="transformers").planner == TRANSFORMERS_PLANNER
+    transformers = with_default_refs(RenderOptions(), device="cpu", planner_engine="transformers")
+    assert transformers.planner == TRANSFORMERS_PLANNER
     assert with_default_refs(RenderOptions(planner="./mine.gguf"), device="cuda").planner == "./mine.gguf"
 
 

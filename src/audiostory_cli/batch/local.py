@@ -87,7 +87,9 @@ class ModelSpec:
     planner_engine: str | None = None  # --planner-engine (None: picked by the planner reference)
 
 
-def with_default_refs(options: RenderOptions, *, device: str = "auto", planner_engine: str | None = None) -> RenderOptions:
+def with_default_refs(
+    options: RenderOptions, *, device: str = "auto", planner_engine: str | None = None
+) -> RenderOptions:  # fmt: skip
     """``options`` with the planner and decoder a run uses when none is named (not with --model, which
     brings its own), so a plan's recorded request names the models that made it. ``device``: the --device
     word, which picks the default planner with the installed engines (``checkpoints.default_planner``;
