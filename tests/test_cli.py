@@ -939,6 +939,7 @@ def test_a_batch_names_the_default_planner_its_device_picks(monkeypatch):
     assert with_default_refs(RenderOptions(), device="cuda").planner == TRANSFORMERS_PLANNER  # a GPU (on Ray's actors)
     transformers = with_default_refs(RenderOptions(), device="cpu", planner_engine="transformers")
     assert transformers.planner == TRANSFORMERS_PLANNER
+    assert with_default_refs(RenderOptions(bridge="bridges/b"), device="cpu").planner == TRANSFORMERS_PLANNER  # states
     assert with_default_refs(RenderOptions(planner="./mine.gguf"), device="cuda").planner == "./mine.gguf"
 
 
