@@ -97,7 +97,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(run, models, tmp_path):
 
 
 def test_long_story_is_planned_in_events_that_fit_the_decoder_window(run, models):
-    result = run("generate", PROMPT, "--dry-run", "--json", "--duration", "100", *models[:2], "--device", "cpu")
+    result = run("generate", PROMPT, "--dry-run", "--json", "--duration", "100", *models, "--device", "cpu")
     assert result.exit_code == 0, result.output
     events = json.loads(result.stdout)["events"]
     assert len(events) >= 4
@@ -815,3 +815,139 @@ def test_timeline_with_model_or_max_events_is_a_usage_error_before_any_model_loa
         assert result.exit_code == 2, result.output
         assert option in result.stderr and message in " ".join(result.stderr.split())
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a first run: the defaults ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """Every call that would reach the hub (its cache included), recorded; each answers "not there"."""
+    import huggingface_hub
+
+    calls = []
+
+    def record(name):
+        def call(*args, **kwargs):
+            calls.append((name, args, kwargs.get("local_files_only")))
+            raise FileNotFoundError(args[0])
+
+        return call
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", record("snapshot_download"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", record("hf_hub_download"))
+    return calls
+
+
+def needs_llama():
+    pytest.importorskip("llama_cpp", reason="the llama.cpp engine is not installed (the llama or server extra)")
+
+
+def test_a_dry_run_with_the_default_decoder_plans_for_stable_audio_3_small_without_looking_for_it(
+    run, tiny_planner, hub_calls
+):  # fmt: skip
+    """Two events for 200 s: only a decoder with SA3 Small's 120 s window takes that (TangoFlux's is 30 s)."""
+    result = run("generate", PROMPT, "--dry-run", "--json", "--duration", "200", "--max-events", "2",
+                 "--planner", tiny_planner, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    events = [e for e in json.loads(result.stdout)["events"] if e["layer"] == 0]
+    assert sum(e["duration_s"] for e in events) == pytest.approx(200) and len(events) <= 2
+    assert all(e["duration_s"] <= 120.0 - 1.0 for e in events)  # the window less the default crossfade
+    assert hub_calls == []  # nothing looked for, nothing downloaded
+
+
+def test_a_gated_default_decoder_stops_a_first_run_before_any_model_loads_naming_tangoflux(
+    run, tmp_path, monkeypatch
+):  # fmt: skip
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    from audiostory_cli import registry
+
+    def gated(repo_id, *, local_files_only):
+        if local_files_only:
+            raise FileNotFoundError(repo_id)  # not in the cache
+        error = GatedRepoError.__new__(GatedRepoError)
+        Exception.__init__(error, "403 Client Error: access to this model is restricted")
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    loaded = []
+    monkeypatch.setattr(registry, "load_decoder", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(registry, "load_planner", lambda *a, **k: loaded.append(a))
+    result = run("generate", PROMPT, "-o", tmp_path / "story.wav", "--device", "cpu")  # no --planner, no --decoder
+    assert result.exit_code == 1 and loaded == []
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "'stabilityai/stable-audio-3-small-sfx' is gated on the Hugging Face hub" in message
+    assert "https://huggingface.co/stabilityai/stable-audio-3-small-sfx" in message and "hf auth login" in message
+    assert "--decoder declare-lab/TangoFlux" in message
+    assert _files(tmp_path) == []
+
+
+def test_the_default_planner_on_a_cpu_is_the_gguf_through_llama_cpp_and_the_plan_names_it(
+    run, tiny_planner_gguf, tiny_decoder, tmp_path, hub_calls
+):  # fmt: skip
+    from audiostory_cli.checkpoints import LLAMA_PLANNER
+
+    needs_llama()
+    result = run("generate", PROMPT, "--dry-run", "--decoder", tiny_decoder, "--device", "cpu")
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())  # offline, not in checkpoints/: the command that fetches it
+    assert f"planner '{LLAMA_PLANNER}' not found" in message
+    assert (f"hf download Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF qwen2.5-coder-1.5b-instruct-q4_k_m.gguf "
+            f"--local-dir {tmp_path / 'checkpoints'}") in message  # fmt: skip
+    assert [call[2] for call in hub_calls] == [True]  # the cache only: HF_HUB_OFFLINE=1
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(tiny_planner_gguf, tmp_path / "checkpoints" / LLAMA_PLANNER.rsplit("/", 1)[1])
+    out = tmp_path / "story.wav"
+    result = run("generate", PROMPT, "-o", out, "--duration", "3", "--decoder", tiny_decoder, *FAST)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "story.plan.json").read_text())["render"]["planner"] == LLAMA_PLANNER
+
+
+def test_without_llama_cpp_the_default_planner_is_qwen_1_5b_through_transformers(
+    run, tiny_planner, tiny_decoder, tmp_path, monkeypatch
+):  # fmt: skip
+    import importlib.util
+
+    from audiostory_cli.checkpoints import TRANSFORMERS_PLANNER
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    shutil.copytree(tiny_planner, tmp_path / "checkpoints" / "Qwen2.5-1.5B-Instruct")
+    out = tmp_path / "story.wav"
+    result = run("generate", PROMPT, "-o", out, "--duration", "3", "--decoder", tiny_decoder, *FAST)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "story.plan.json").read_text())["render"]["planner"] == TRANSFORMERS_PLANNER
+
+
+def test_a_batch_names_the_default_planner_its_device_picks(monkeypatch):
+    import importlib.util
+
+    from audiostory_cli.batch.local import with_default_refs
+    from audiostory_cli.checkpoints import DEFAULT_DECODER, LLAMA_PLANNER, TRANSFORMERS_PLANNER
+    from audiostory_cli.settings import RenderOptions
+
+    real = importlib.util.find_spec
+    installed = lambda name, *a: object() if name == "llama_cpp" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", installed)
+    on_cpu = with_default_refs(RenderOptions(), device="cpu")
+    assert (on_cpu.planner, on_cpu.decoder) == (LLAMA_PLANNER, DEFAULT_DECODER)
+    assert with_default_refs(RenderOptions(), device="cuda").planner == TRANSFORMERS_PLANNER  # a GPU (on Ray's actors)
+    transformers = with_default_refs(RenderOptions(), device="cpu", planner_engine="transformers")
+    assert transformers.planner == TRANSFORMERS_PLANNER
+    assert with_default_refs(RenderOptions(bridge="bridges/b"), device="cpu").planner == TRANSFORMERS_PLANNER  # states
+    assert with_default_refs(RenderOptions(planner="./mine.gguf"), device="cuda").planner == "./mine.gguf"
+
+
+def test_help_says_the_defaults_and_why(run):
+    result = run("generate", "--help")
+    text = "".join(result.stdout.split())  # rich wraps long names at their hyphens
+    for said in ("[default: stabilityai/stable-audio-3-small-sfx: 8 steps, fast on a CPU; gated",
+                 "on a CPU with the llama extra installed Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/"
+                 "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf through llama.cpp (a plan in seconds), else "
+                 "Qwen/Qwen2.5-1.5B-Instruct; both Apache-2.0"):  # fmt: skip
+        assert "".join(said.split()) in text

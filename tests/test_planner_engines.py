@@ -277,6 +277,26 @@ def test_what_reaches_llama_cpp_follows_the_cpu(tiny_planner_gguf, cpuinfo, monk
     assert LlamaCppPlanner.load(str(tiny_planner_gguf)).engine.extra_bufts is expected  # as the child loaded it
 
 
+@pytest.mark.parametrize("cpu, expected", [(AMX_CPUINFO, False), (AVX2_CPUINFO, True)], ids=["amx", "avx2"])
+def test_the_default_planner_on_a_cpu_keeps_its_q4_k_weights_out_of_the_amx_buffer(
+    tiny_planner_gguf, cpuinfo, tmp_path, cpu, expected
+):  # fmt: skip
+    """A first run on a CPU loads the 1.5B Q4_K_M GGUF (here the tiny one under its name in checkpoints/): on an
+    AMX CPU without llama.cpp's extra buffers (llama.cpp #20824 crashes there), elsewhere with them."""
+    from audiostory_cli.checkpoints import LLAMA_PLANNER
+    from audiostory_cli.registry import load_models
+    from audiostory_cli.settings import RenderOptions
+
+    needs_llama()
+    cpuinfo(cpu)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / LLAMA_PLANNER.rsplit("/", 1)[1]).symlink_to(tiny_planner_gguf)
+    planner = load_models(RenderOptions(), device=CPU, dtype=torch.float32, need_decoder=False).planner
+    assert isinstance(planner, LlamaCppPlanner) and planner.ref == LLAMA_PLANNER
+    assert planner.engine.extra_bufts is expected  # as the child process loaded it
+    planner.engine.close()
+
+
 def test_the_child_process_plans_what_the_in_process_engine_plans_and_loads_once(tiny_planner_gguf, tmp_path):
     needs_llama()
     from audiostory_cli.planners.llama_process import LlamaCppProcess
@@ -360,8 +380,9 @@ def test_generate_whose_planner_crashes_prints_one_line_and_exits_1(tiny_planner
     "ref, engine, expected",
     [
         ("models/planner.gguf", None, "llama_cpp"),
-        ("Qwen/Qwen2.5-3B-Instruct", None, "transformers"),
-        ("./checkpoints/Qwen2.5-3B-Instruct", None, "transformers"),
+        ("Qwen/Qwen2.5-1.5B-Instruct", None, "transformers"),
+        ("./checkpoints/Qwen2.5-1.5B-Instruct", None, "transformers"),
+        ("Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", None, "llama_cpp"),
         ("http://127.0.0.1:8080/v1", None, "openai_http"),
         ("https://api.openai.com/v1", None, "openai_http"),
         ("models/planner.gguf", "transformers", "transformers"),

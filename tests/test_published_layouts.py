@@ -214,6 +214,15 @@ def test_small_in_diffusers_own_conversion_differs_only_by_the_decoder_mapping_k
     check_sa3_diffusers("small-sfx")(meta(fixed), Path("small"))
 
 
+def test_the_default_decoders_built_in_caps_are_what_its_published_config_describes(tmp_path):
+    """A dry run plans for Small-SFX's caps without its files: they are the ones its model_config.json gives."""
+    from audiostory_cli.decoders import stable_audio_3
+
+    raw = json.loads((MANIFESTS / "reconstructed_model_configs.json").read_text())["small-sfx"]
+    (tmp_path / "model_config.json").write_text(json.dumps({**raw, "sample_size": SA3_SAMPLE_SIZE["small-sfx"]}))
+    assert stable_audio_3.describe(tmp_path) == stable_audio_3.default_caps()
+
+
 def test_the_t5gemma_folder_is_the_full_encoder_decoder_whose_decoder_half_is_skipped():
     names = listing("t5gemma_b_b_ul2_for_conditional_generation.txt")
     decoder = [k for k in names if sa3_weights.TEXT_DECODER_HALF.match(k)]

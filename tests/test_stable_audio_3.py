@@ -88,6 +88,7 @@ def test_describe_reads_real_size_configs_without_weights(tmp_path, small):
     caps = sa3.describe(tmp_path)
     assert (caps.default_steps, caps.default_guidance, caps.text_width) == (8, 1.0, 768)
     assert round(caps.window_s) == (120 if small else 380)
+    assert (caps == sa3.default_caps()) is small  # what a dry run of the default decoder (Small-SFX) plans for
     raw["model"]["diffusion"]["diffusion_objective"] = "rectified_flow"
     (tmp_path / "model_config.json").write_text(json.dumps(raw))
     assert (sa3.describe(tmp_path).default_steps, sa3.describe(tmp_path).default_guidance) == (100, 7.0)

@@ -450,6 +450,19 @@ def test_a_plan_in_the_folder_loads_with_its_audio_or_alone(tmp_path, tiny_sa3):
             studio.load(name)
 
 
+def test_the_page_names_the_planner_a_first_run_loads(tmp_path, tiny_sa3):
+    """No --planner: the page shows the default the models load (``checkpoints.default_planner``) for this device
+    and engine; a trained bridge takes the transformers one."""
+    from audiostory_cli.checkpoints import TRANSFORMERS_PLANNER, default_planner
+    from audiostory_cli.run_setup import setup_run
+    from audiostory_cli.studio.session import Studio
+
+    studio = Studio(setup_run({"decoder": str(tiny_sa3)}, outdir=tmp_path, device="cpu"), {}, StudioFolder(tmp_path))
+    assert studio.references() == {"planner": default_planner("cpu"), "decoder": str(tiny_sa3)}
+    studio.planner_engine = "transformers"
+    assert studio.references()["planner"] == TRANSFORMERS_PLANNER
+
+
 def test_a_table_edit_of_an_edited_plan_drops_its_edit_record_and_unchanged_rows_keep_it():
     from dataclasses import replace
 

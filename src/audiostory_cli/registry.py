@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, NamedTuple
 
-from .checkpoints import ModelKind, resolve
+from .checkpoints import DEFAULT_DECODER, ModelKind, default_planner, resolve
 from .devices import keep_freed_memory
 from .errors import InputError, ModelLoadError, ModelNotFoundError
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .settings import RenderOptions
 
     from .decoders.base import Decoder, DecoderBackend, DecoderCaps
+
+TANGOFLUX = "declare-lab/TangoFlux"  # the decoder to name when the default one (gated) is out of reach
 
 # Decoder backends, as module paths, asked in this order; each has NAME, LAYOUT, detect, missing_files,
 # describe and load.
@@ -42,9 +44,17 @@ def _decoder_kind() -> ModelKind:
 
 
 def find_decoder(ref: str) -> tuple[DecoderBackend, Path]:
-    """The backend that reads ``ref`` and the folder holding it; a miss names every layout looked for."""
+    """The backend that reads ``ref`` and the folder holding it; a miss names every layout looked for (and, for
+    the default decoder, which is gated, how to render with TangoFlux instead)."""
     kind = _decoder_kind()
-    folder = resolve(ref, kind)
+    try:
+        folder = resolve(ref, kind)
+    except ModelNotFoundError as err:
+        if ref != DEFAULT_DECODER:
+            raise
+        said = f"{err.hint}; or" if err.hint else "or"
+        raise ModelNotFoundError(err.args[0], hint=f"{said} render with TangoFlux instead, not gated (non-commercial "
+                                 f"weights): --decoder {TANGOFLUX}") from None  # fmt: skip
     if folder.is_file():
         raise ModelLoadError(f"decoder '{ref}' is a file; expected a folder ({kind.layout})")
     backends = decoder_backends()
@@ -125,7 +135,6 @@ def load_models(
     """Load what ``options`` names, once: the AudioStory checkpoint alone (``--model``), or a planner, a decoder
     and the conditioner (with its trained bridge). ``bridge_planner``: for render, the planner a bridge reads
     (default: the one it was trained with). ``status(message)``: a context around each load (the CLI's spinner)."""
-    from .checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
     from .conditioning.residual import ResidualConditioner
 
     status = status or (lambda _: contextlib.nullcontext())
@@ -144,8 +153,8 @@ def load_models(
     bridged = options.bridge is not None  # a trained bridge reads the planner's hidden states
     planner = None
     if need_planner:
-        planner = planner_from(options.planner or DEFAULT_PLANNER, model_name=planner_model, engine=planner_engine,
-                               hidden_states=bridged)  # fmt: skip
+        ref = options.planner or default_planner(device, "transformers" if bridged else planner_engine)
+        planner = planner_from(ref, model_name=planner_model, engine=planner_engine, hidden_states=bridged)
     decoder = None
     if need_decoder:
         ref = options.decoder or DEFAULT_DECODER

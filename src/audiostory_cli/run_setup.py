@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import audio_io
 from .checkpoints import DEFAULT_DECODER
-from .errors import AudiostoryError, ModelNotFoundError, OptionError
+from .errors import AudiostoryError, OptionError
 from .pipeline import check_story_output, longest_event_s
 from .settings import RenderOptions, merge_options
 from .story import StoryRequest, default_max_events
@@ -109,18 +109,17 @@ def story_request(
 def check_capabilities(options: RenderOptions, *, dry_run: bool = False) -> DecoderCaps | None:
     """Refuse what the decoder cannot honour before any weight loads; return its caps (None for --model,
     whose decoder is known only once loaded). A dry run of the default decoder, whose files need not be
-    here yet, gets the published TangoFlux's caps."""
-    from .decoders import tangoflux
+    here, gets the published Stable Audio 3 Small-SFX's caps without looking for them; a run that renders
+    finds (or downloads) them here, so a gated or missing default decoder stops before any model loads."""
+    from .decoders import stable_audio_3
     from .registry import describe_decoder
 
     if options.model is not None:
         return None
-    try:
+    if dry_run and options.decoder is None:
+        caps = stable_audio_3.default_caps()
+    else:
         caps = describe_decoder(options.decoder or DEFAULT_DECODER)
-    except ModelNotFoundError:
-        if not dry_run or options.decoder is not None:
-            raise
-        caps = tangoflux.default_caps()
     bridge_width = None
     if options.bridge is not None:
         from .conditioning.trained_bridge import BridgeAdapter

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import audio_io
-from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+from ..checkpoints import DEFAULT_DECODER, default_planner
 from ..editing.continuation import continue_from, told_prompt
 from ..editing.records import ContinueFrom
 from ..errors import AudiostoryError, InputError
@@ -87,12 +87,22 @@ class ModelSpec:
     planner_engine: str | None = None  # --planner-engine (None: picked by the planner reference)
 
 
-def with_default_refs(options: RenderOptions) -> RenderOptions:
+def with_default_refs(
+    options: RenderOptions, *, device: str = "auto", planner_engine: str | None = None
+) -> RenderOptions:  # fmt: skip
     """``options`` with the planner and decoder a run uses when none is named (not with --model, which
-    brings its own), so a plan's recorded request names the models that made it."""
+    brings its own), so a plan's recorded request names the models that made it. ``device``: the --device
+    word, which picks the default planner with the installed engines (``checkpoints.default_planner``;
+    "auto": this machine's device, decided once here for every process of the batch, Ray actors included)."""
     if options.model is not None:
         return options
-    return replace(options, planner=options.planner or DEFAULT_PLANNER, decoder=options.decoder or DEFAULT_DECODER)
+    planner = options.planner
+    if planner is None:
+        from ..devices import resolve_device
+
+        kind = resolve_device("auto").type if device == "auto" else device
+        planner = default_planner(kind, "transformers" if options.bridge is not None else planner_engine)
+    return replace(options, planner=planner, decoder=options.decoder or DEFAULT_DECODER)
 
 
 def load_batch_models(spec: ModelSpec, *, notify: Notify | None = None) -> BatchModels:

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__, audio_io
-from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+from ..checkpoints import DEFAULT_DECODER, default_planner
 from ..story import MAX_EVENTS, load_plan, plan_to_json
 from .display import ProgressView, errors, print_result, show_actors, show_plan, show_record, show_summary, stderr
 from .options import (
@@ -325,8 +325,9 @@ def batch(
 
             import_ray()  # a missing extra is one line, before anything else happens
         setup = setup_run(given, outdir=outdir, device=None, dtype=dtype)  # each process resolves its device
+        options = with_default_refs(setup.options, device=device, planner_engine=planner_engine)
         settings = BatchSettings(
-            outdir=setup.outdir, options=with_default_refs(setup.options), default_duration_s=duration,
+            outdir=setup.outdir, options=options, default_duration_s=duration,
             max_events=max_events, extension=extension, force=force, planner_model=planner_model,
         )  # fmt: skip
         tasks = make_tasks(items, settings)
@@ -393,7 +394,7 @@ def train_bridge_command(
     """Train a bridge (AudioStory's semantic alignment): the planner LLM's states at learned queries appended
     after each caption, projected onto the decoder's T5 features of that caption. Use it with --bridge."""
     from ..conditioning.trained_bridge import STATE_FILE
-    from ..registry import load_decoder, load_planner
+    from ..registry import describe_decoder, load_decoder, load_planner
     from ..training.bridge import read_captions, train_bridge
 
     from ..run_setup import resolve_hardware
@@ -401,7 +402,9 @@ def train_bridge_command(
     with errors():
         texts = read_captions(captions)
         torch_device, torch_dtype = resolve_hardware(device, dtype, notify=_notify)
-        planner_ref, decoder_ref = planner or DEFAULT_PLANNER, decoder or DEFAULT_DECODER
+        planner_ref = planner or default_planner(torch_device, "transformers")  # the bridge reads its hidden states
+        decoder_ref = decoder or DEFAULT_DECODER
+        describe_decoder(decoder_ref)  # a missing or gated decoder is told before the planner loads
         with stderr.status(f"loading planner {planner_ref}"):
             story_planner = load_planner(planner_ref, device=torch_device, dtype=torch_dtype, hidden_states=True)
         with stderr.status(f"loading decoder {decoder_ref}"):

@@ -102,7 +102,7 @@ class TransformersPlanner(JsonPlanner):
             if not getattr(tokenizer, "chat_template", None):
                 raise ModelLoadError(
                     f"planner {path} has no chat template",
-                    hint="the planner must be an instruction-tuned chat model (e.g. Qwen/Qwen2.5-3B-Instruct)",
+                    hint="the planner must be an instruction-tuned chat model (e.g. Qwen/Qwen2.5-1.5B-Instruct)",
                 )
             if not isinstance(tokenizer, transformers.PreTrainedTokenizerFast):
                 raise ModelLoadError(f"planner {path} has no fast tokenizer (tokenizer.json), which the JSON "

@@ -76,12 +76,14 @@ class Studio:
 
     def references(self) -> dict[str, str]:
         """The planner and decoder this process serves, as the user named them (defaults filled in)."""
-        from ..checkpoints import DEFAULT_DECODER, DEFAULT_PLANNER
+        from ..checkpoints import DEFAULT_DECODER, default_planner
 
         options = self.setup.options
         if options.model is not None:
             return {"planner": f"{options.model} (its own)", "decoder": f"{options.model} (its own)"}
-        return {"planner": options.planner or DEFAULT_PLANNER, "decoder": options.decoder or DEFAULT_DECODER}
+        engine = "transformers" if options.bridge is not None else self.planner_engine
+        planner = options.planner or default_planner(self.setup.device, engine)
+        return {"planner": planner, "decoder": options.decoder or DEFAULT_DECODER}
 
     def models(self) -> Models:
         """The planner, decoder and conditioner, loaded on first use and then kept (call under ``self._lock``)."""

@@ -17,7 +17,7 @@ The code: ``config.py`` (the layouts, caps from config files), ``convert.py`` (S
 
 from __future__ import annotations
 
-from .config import describe, detect, missing_files
+from .config import default_caps, describe, detect, missing_files
 from .weights import convert, load
 
 NAME = "stable-audio-3"
@@ -26,4 +26,4 @@ LAYOUT = (
     "or diffusers' model_index.json (StableAudio3Pipeline) with its component folders"
 )
 
-__all__ = ["LAYOUT", "NAME", "convert", "describe", "detect", "load", "missing_files"]
+__all__ = ["LAYOUT", "NAME", "convert", "default_caps", "describe", "detect", "load", "missing_files"]

@@ -27,6 +27,18 @@ MAX_TEXT_TOKENS = 256  # the pipeline's cap on T5Gemma tokens
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # a diffusers component's weights
 
 
+# The published Small-SFX's model_config.json, as ``read_setup`` reads it (../shared/manifests/
+# reconstructed_model_configs.json): SAME-S with patch 256 x stride 16, chunks of 32 / 16 = 2 latent frames,
+# rf_denoiser (distilled), T5Gemma-b (768 wide, 256 tokens), the inpainting input. Its window: 120 s (Stability's
+# README; the file's exact sample_size is not published), rounded up to whole 4096-sample frames, as the
+# real-size tiny builder writes it.
+SMALL_SFX_HOP = 256 * 16  # audio samples per latent frame
+SMALL_SFX_TEXT_WIDTH = 768  # T5Gemma-b's hidden size
+SMALL_SFX = SA3Setup(
+    sample_rate=44100, max_frames=-(-120 * 44100 // SMALL_SFX_HOP), frame_multiple=2, stochastic=True,
+    text_max_tokens=256, inpaint_input=True,
+)  # fmt: skip
+
 ORIGINAL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TEXT_FOLDER + "/")  # Stability's layout
 DIFFUSERS_FILES = (
     "model_index.json", "transformer/", "vae/", "duration_embedder/", "scheduler/", "text_encoder/", "tokenizer/",
@@ -59,12 +71,23 @@ def is_diffusers(folder: Path) -> bool:
 def describe(folder: Path) -> DecoderCaps:
     """Caps from config files only (no weights read)."""
     setup, text_width, channels = read_setup(folder)
+    return caps_for(setup, text_width=text_width, channels=channels, hop_samples=_hop(folder))
+
+
+def default_caps() -> DecoderCaps:
+    """The caps of the published Small-SFX (``stabilityai/stable-audio-3-small-sfx``, the default decoder), for
+    a dry run when its files are not on this machine: nothing is read or downloaded."""
+    return caps_for(SMALL_SFX, text_width=SMALL_SFX_TEXT_WIDTH, channels=2, hop_samples=SMALL_SFX_HOP)
+
+
+def caps_for(setup: SA3Setup, *, text_width: int, channels: int, hop_samples: int) -> DecoderCaps:
+    """What a Stable Audio 3 checkpoint of this setup can do."""
     stochastic = setup.stochastic
     return DecoderCaps(
         name="Stable Audio 3", sample_rate=setup.sample_rate, channels=channels,
-        window_s=setup.max_frames * _hop(folder) / setup.sample_rate, text_width=text_width,
+        window_s=setup.max_frames * hop_samples / setup.sample_rate, text_width=text_width,
         default_steps=8 if stochastic else 100, default_guidance=1.0 if stochastic else BASE_GUIDANCE,
-        windows=("auto",), continuation="latent", hop_samples=_hop(folder), frame_multiple=setup.frame_multiple,
+        windows=("auto",), continuation="latent", hop_samples=hop_samples, frame_multiple=setup.frame_multiple,
         round_head_end_up=True,
     )  # fmt: skip
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..base import DecoderCaps
-from .config import TangoFluxConfig, caps_for, read_tangoflux_config
+from .config import caps_for, read_tangoflux_config
 
 if TYPE_CHECKING:
     import torch
@@ -37,11 +37,6 @@ def missing_files(folder: Path) -> list[str]:
 
 def describe(folder: Path) -> DecoderCaps:
     return caps_for(read_tangoflux_config(folder / "config.json"))
-
-
-def default_caps() -> DecoderCaps:
-    """The caps of the published TangoFlux, for a dry run when its files are not on this machine."""
-    return caps_for(TangoFluxConfig())
 
 
 def load(ref: str, folder: Path, *, device: torch.device, dtype: torch.dtype) -> TangoFluxDecoder:
