@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma list of {', '.join(CONFIGS)}")  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="add the 'compiled' configuration")
     parser.add_argument("--batch-size", default="auto", help="clips denoised together on our paths, or 'auto' "
-                        "(the CLI's default: 1 on a CPU) [default: auto]")
+                        "(the CLI's default: measured per machine on a CPU) [default: auto]")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the story")
     parser.add_argument("--project-steps", type=int, default=PROJECTED_STEPS, help="steps the totals are "
                         f"projected to (default {PROJECTED_STEPS}, TangoFlux's own; Stable Audio 3's is 8)")

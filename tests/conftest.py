@@ -32,6 +32,14 @@ def _fp32_on_cpu(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _one_clip_at_a_time_on_cpu(monkeypatch, request):
+    """``--batch-size auto`` on the CPU is one clip in tests, so their numbers do not depend on what the batching
+    measurement says on this machine for tiny models (tests/test_cpu_batching.py checks that measurement)."""
+    if "test_cpu_batching" not in request.node.nodeid:
+        monkeypatch.setattr("audiostory_cli.cpu_batching.cpu_batch_size", lambda *_: 1)
+
+
+@pytest.fixture(autouse=True)
 def _one_thread(request):
     """Tiny models are all overhead: extra threads only wait on each other (badly so on a busy machine)."""
     threads = torch.get_num_threads()

@@ -563,7 +563,7 @@ def test_batch_size_auto_renders_what_a_fixed_batch_size_renders(run, tiny_decod
     assert result.exit_code == 2 and "'two' is not auto or a whole number from 1 to 64" in result.output
 
 
-def test_auto_batch_size_is_one_clip_on_a_cpu_and_the_memory_estimate_elsewhere():
+def test_auto_batch_size_is_one_clip_on_a_cpu_without_a_probe_and_the_memory_estimate_elsewhere():
     from types import SimpleNamespace
 
     from audiostory_cli.pipeline import FALLBACK_BATCH_SIZE, MAX_AUTO_BATCH_SIZE, auto_batch_size

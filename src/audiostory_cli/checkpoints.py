@@ -52,6 +52,13 @@ def checkpoints_dir() -> Path:
     return Path(os.environ.get("AUDIOSTORY_CHECKPOINTS", "checkpoints")).expanduser()
 
 
+def cache_dir() -> Path:
+    """Where audiostory keeps what it measured or built once (prompt caches, the CPU batching choice):
+    ``$AUDIOSTORY_CACHE``, else ``$XDG_CACHE_HOME/audiostory`` (``~/.cache/audiostory``)."""
+    root = os.environ.get("AUDIOSTORY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "audiostory"
+    return Path(root).expanduser()
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 

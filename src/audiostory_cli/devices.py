@@ -107,7 +107,7 @@ def free_memory_bytes(device: torch.device) -> int:
 KEEP_FREED_MEMORY_ENV = "AUDIOSTORY_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is
 GLIBC_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # the user's own tuning
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
-_INT_MAX = 2**31 - 1  # mallopt takes an int
+_NEVER = -1  # M_TRIM_THRESHOLD -1: never trim (mallopt(3))
 
 
 def keep_freed_memory() -> bool:
@@ -133,4 +133,4 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))

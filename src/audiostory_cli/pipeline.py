@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 EVENT_MARGIN_S = 0.05  # planned events stay this far below the decoder window, for rounding to milliseconds
 FALLBACK_BATCH_SIZE = 4  # "auto" for a decoder on an accelerator that cannot estimate its memory
-CPU_BATCH_SIZE = 1  # "auto" on a CPU: batching gains nothing there, one clip (and its guidance row) at a time
-#   is ~5-10 % faster a clip than four together (real-size TangoFlux DiT, 2 cores: benchmarks/README.md)
+CPU_BATCH_SIZE = 1  # "auto" on a CPU for a decoder with no ``batch_probe`` (others: measured, ``cpu_batching``)
+PROBE_CLIP_S = 10.0  # the clip length ``cpu_batching`` measures batching at: a typical event
 MAX_AUTO_BATCH_SIZE = 16  # ``batch_size`` None ("auto") never goes above this (past it a batch gains nothing)
 
 
@@ -86,13 +86,21 @@ def longest_event_s(clip_window_s: float, crossfade_s: float) -> float:
 
 
 def auto_batch_size(decoder: Decoder) -> int:
-    """Clips denoised together: on a CPU ``CPU_BATCH_SIZE``; on an accelerator as many as fit its free memory,
-    the decoder's own estimate (``max_batch_size``) capped at ``MAX_AUTO_BATCH_SIZE``, else
-    ``FALLBACK_BATCH_SIZE``."""
+    """Clips denoised together: on a CPU what a measurement on this machine says pays (``cpu_batching``, for
+    the decoder's DiT at a ``PROBE_CLIP_S`` clip; ``CPU_BATCH_SIZE`` for a decoder without ``batch_probe``),
+    within its memory estimate; on an accelerator as many as fit its free memory, the decoder's own estimate
+    (``max_batch_size``) capped at ``MAX_AUTO_BATCH_SIZE``, else ``FALLBACK_BATCH_SIZE``."""
     device = getattr(decoder, "device", None)
-    if device is not None and str(device).split(":")[0] == "cpu":
-        return CPU_BATCH_SIZE
     estimate = getattr(decoder, "max_batch_size", None)
+    if device is not None and str(device).split(":")[0] == "cpu":
+        probe = getattr(decoder, "batch_probe", None)
+        if probe is None:
+            return CPU_BATCH_SIZE
+        from .cpu_batching import cpu_batch_size, linear_shapes
+
+        rows, dit = probe(round(PROBE_CLIP_S * decoder.caps.sample_rate))
+        batch = cpu_batch_size(rows, linear_shapes(dit), decoder.dtype)
+        return batch if estimate is None else max(1, min(batch, estimate()))
     if estimate is None:
         return FALLBACK_BATCH_SIZE
     return max(1, min(MAX_AUTO_BATCH_SIZE, estimate()))

@@ -145,8 +145,9 @@ def open_engine(
 
 def cache_dir() -> Path:
     """Where prompt caches live: ``$AUDIOSTORY_CACHE/llama-cpp``, else ``$XDG_CACHE_HOME/audiostory/llama-cpp``."""
-    root = os.environ.get("AUDIOSTORY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "audiostory"
-    return Path(root).expanduser() / "llama-cpp"
+    from ..checkpoints import cache_dir as root
+
+    return root() / "llama-cpp"
 
 
 class LlamaCppEngine:

@@ -93,6 +93,12 @@ class StableAudio3Decoder:
         needed = math.ceil(n_samples / self.hop_samples)
         return min(_round_up(needed + TAIL_FRAMES, self.setup.frame_multiple), max(needed, self.setup.max_frames))
 
+    def batch_probe(self, n_samples: int) -> tuple[int, torch.nn.Module]:
+        """What ``cpu_batching`` times batching with: the latent frames the DiT's products take for one clip of
+        ``n_samples`` (twice that with guidance; SA3's default has none) and the DiT."""
+        rows = self.frames_for(min(n_samples, self.max_clip_samples))
+        return rows * (2 if self.caps.default_guidance > 1.0 else 1), self.transformer
+
     # --- text ----------------------------------------------------------------------------------------
 
     @torch.inference_mode()

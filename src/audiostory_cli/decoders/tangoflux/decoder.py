@@ -118,6 +118,12 @@ class TangoFluxDecoder:
             )
         return window_frames_for(math.ceil(n_samples / self.hop_samples), self.config.audio_seq_len, window)
 
+    def batch_probe(self, n_samples: int) -> tuple[int, torch.nn.Module]:
+        """What ``cpu_batching`` times batching with: the rows the DiT's products take for one clip of
+        ``n_samples`` (its window and the text tokens; twice that with guidance, as the default is) and the DiT."""
+        rows = self.window_frames(min(n_samples, self.max_clip_samples)) + MAX_TEXT_TOKENS + 1
+        return rows * (2 if self.caps.default_guidance > 1.0 else 1), self.dit
+
     def max_batch_size(self) -> int:
         """Full windows that fit one denoising batch in the memory free now (two rows each with guidance),
         after room for the VAE decoding one full window (``--batch-size auto``)."""
