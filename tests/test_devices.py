@@ -56,6 +56,10 @@ for _ in range(4):  # six layers on 64 MB activations, again and again, as clip 
     del x
     passes.append(faults() - before)
 print(kept, min(passes[1:]))  # the steady state (glibc's placement of aligned blocks varies pass to pass)
+if kept:  # and what the clip's decode kept goes back to the system after it
+    from audiostory_cli.devices import release_freed_memory
+    def rss(): return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+    held = rss(); release_freed_memory(); assert held - rss() > 32 * 2**20, (held, rss())
 """
 
 

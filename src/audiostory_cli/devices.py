@@ -6,6 +6,10 @@ Library code does not print: what is worth saying (the device ``auto`` chose, a 
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import sys
 from typing import TYPE_CHECKING, Callable
 
 from .errors import InputError
@@ -99,8 +103,6 @@ def free_memory_bytes(device: torch.device) -> int:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
-        import os
-
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -110,27 +112,49 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (ma
 _NEVER = -1  # M_TRIM_THRESHOLD -1: never trim (mallopt(3))
 
 
+_kept = False  # whether keep_freed_memory is in effect in this process
+
+
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep the memory a render frees, for the next tensor of that size.
+    """Have glibc's malloc keep the memory a decode frees, for the next tensor of that size.
 
     By default glibc serves every block over 32 MB with a fresh ``mmap`` and unmaps it when freed, so each of
-    the VAE's activations (hundreds of MB at 44.1 kHz) is page-faulted in anew, every layer of every clip:
-    a third of an Oobleck decode's CPU time went to the kernel (``benchmarks/speed.py``). Turning ``mmap`` off
-    and trimming only past 2 GB free keeps them in the heap: the same floats, ~1.6x faster VAE decodes, with
-    the process's resident memory staying near its peak between clips (+0.8-1.7 GB measured on a 12 s
-    decode). Linux with glibc only; nothing is changed where ``AUDIOSTORY_KEEP_FREED_MEMORY=0`` or one of
-    glibc's own ``MALLOC_*`` variables is set. Returns whether it is in effect."""
-    import ctypes
-    import os
-    import sys
-
+    the VAE's activations (hundreds of MB at 44.1 kHz) is page-faulted in anew, layer after layer: a third of
+    an Oobleck decode's CPU time went to the kernel. With ``mmap`` off and no automatic trimming they stay in
+    the heap, where the next layer reuses them: the same floats, TangoFlux's VAE 1.4-2.0x faster in
+    ``benchmarks/speed.py`` (2 AVX2 cores). ``release_freed_memory`` hands the heap back after each clip, so
+    the cost is the heap's fragmentation within a decode (peak RSS of a 60 s TangoFlux story 4.7 -> ~5.4 GiB).
+    Linux with glibc only; nothing is changed where ``AUDIOSTORY_KEEP_FREED_MEMORY=0`` or one of glibc's own
+    ``MALLOC_*`` variables is set. Returns whether it is in effect."""
+    global _kept
+    if _kept:
+        return True
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "").strip() == "0" or any(os.environ.get(n) for n in GLIBC_MALLOC_ENV):
         return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _NEVER))
+    return _kept
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the system (``malloc_trim``) where ``keep_freed_memory`` kept it:
+    called after each clip's VAE decode, so a story holds one decode's memory at a time, not its peak."""
+    libc = _glibc() if _kept else None
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc():
+    """The process's own C library when it is glibc on Linux (it has ``mallopt`` and ``malloc_trim``), else None."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library; absent outside glibc (musl has none)
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc's; musl has neither
     except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))
+        return None
+    return libc
