@@ -121,9 +121,9 @@ def keep_freed_memory() -> bool:
     By default glibc serves every block over 32 MB with a fresh ``mmap`` and unmaps it when freed, so each of
     the VAE's activations (hundreds of MB at 44.1 kHz) is page-faulted in anew, layer after layer: a third of
     an Oobleck decode's CPU time went to the kernel. With ``mmap`` off and no automatic trimming they stay in
-    the heap, where the next layer reuses them: the same floats, TangoFlux's VAE 1.4-2.0x faster in
-    ``benchmarks/speed.py`` (2 AVX2 cores). ``release_freed_memory`` hands the heap back after each clip, so
-    the cost is the heap's fragmentation within a decode (peak RSS of a 60 s TangoFlux story 4.7 -> ~5.4 GiB).
+    the heap, where the next layer reuses them: the same floats, TangoFlux's VAE decode of a 60 s story 149 ->
+    106 s in ``benchmarks/speed.py`` (2 AVX2 cores), its peak RSS 4.7 -> 6.2 GiB (the heap's fragmentation);
+    Stable Audio 3's unchanged (3.1 GiB). ``release_freed_memory`` hands the heap back after each render.
     Linux with glibc only; nothing is changed where ``AUDIOSTORY_KEEP_FREED_MEMORY=0`` or one of glibc's own
     ``MALLOC_*`` variables is set. Returns whether it is in effect."""
     global _kept
@@ -141,7 +141,8 @@ def keep_freed_memory() -> bool:
 
 def release_freed_memory() -> None:
     """Hand the heap's free memory back to the system (``malloc_trim``) where ``keep_freed_memory`` kept it:
-    called after each clip's VAE decode, so a story holds one decode's memory at a time, not its peak."""
+    called once a render's clips are decoded, so a long-lived process (the studio, a batch) does not hold its
+    peak between stories. Not after each clip: faulting the heap in again every clip cost back half the gain."""
     libc = _glibc() if _kept else None
     if libc is not None:
         libc.malloc_trim(0)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from . import audio_io, loudness, mix
+from .devices import release_freed_memory
 from .errors import InputError
 from .decoders.base import ClipRequest
 from .settings import RenderOptions
@@ -187,6 +188,7 @@ def render_fresh(
     ]
     # 4. Denoise and decode.
     clips = decoder.render(requests, options, batch_size=options.batch_size, progress=progress)
+    release_freed_memory()  # what the decodes kept (devices.keep_freed_memory) goes back to the system
     # 5. Crossfade, place on the timeline, control the level.
     progress(Progress("mix", 0, 1, "mixing"))
     head_fades = {} if head is None or head.tail is None else {head.event: head.tail.shape[-1]}

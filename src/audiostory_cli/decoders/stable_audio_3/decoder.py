@@ -41,7 +41,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ...devices import release_freed_memory
 from ...errors import InputError
 from ...settings import RenderOptions
 from ...story import Clip, Progress, ProgressFn, clip_seed, no_progress
@@ -349,9 +348,7 @@ class StableAudio3Decoder:
         ``latents`` (its ``Clip.latents``) and whose audio starts ``shift`` samples after frame 0, bit for bit
         (``render`` decodes through this very function)."""
         tensor = torch.from_numpy(np.ascontiguousarray(np.asarray(latents, dtype=np.float32).T)).to(self.device)
-        wave = fit_length(self._decode(tensor)[:, shift:], n_samples)
-        release_freed_memory()  # the decode's activations go back to the system (devices.keep_freed_memory)
-        return wave
+        return fit_length(self._decode(tensor)[:, shift:], n_samples)
 
     @torch.inference_mode()
     def encode_audio(self, wave: np.ndarray) -> np.ndarray:

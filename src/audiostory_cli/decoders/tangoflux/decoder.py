@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ...checkpoints import quiet_loading
-from ...devices import free_memory_bytes, release_freed_memory, runs_natively
+from ...devices import free_memory_bytes, runs_natively
 from ...errors import InputError, ModelLoadError
 from ...settings import RenderOptions
 from ...story import Clip, Progress, ProgressFn, no_progress
@@ -331,9 +331,7 @@ class TangoFluxDecoder:
         ``latents`` (its ``Clip.latents``) and whose audio starts ``shift`` samples after frame 0, bit for bit
         (``render`` decodes through this very function)."""
         tensor = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device)
-        wave = fit_length(self._decode_frames(tensor)[:, shift:], n_samples)
-        release_freed_memory()  # the decode's activations go back to the system (devices.keep_freed_memory)
-        return wave
+        return fit_length(self._decode_frames(tensor)[:, shift:], n_samples)
 
     @torch.inference_mode()
     def encode_audio(self, wave: np.ndarray) -> np.ndarray:
