@@ -188,6 +188,9 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
+            from audiostory_cli.devices import release_freed_memory
+
+            release_freed_memory()  # each row starts from a handed-back heap (the upstream loop keeps its own)
             self.peak = rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
