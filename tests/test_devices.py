@@ -82,6 +82,7 @@ def test_kept_memory_is_not_page_faulted_in_again():
 
 
 def test_kept_memory_is_left_alone_when_asked(monkeypatch):
+    monkeypatch.setattr(devices, "_kept", False)  # as in a fresh process (a decoder loaded by another test sets it)
     monkeypatch.setenv(devices.KEEP_FREED_MEMORY_ENV, "0")
     assert devices.keep_freed_memory() is False
     monkeypatch.delenv(devices.KEEP_FREED_MEMORY_ENV)

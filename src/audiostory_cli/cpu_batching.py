@@ -3,8 +3,8 @@ machine, not by a rule.
 
 Batching clips makes every matrix product of the DiT taller: the same weights, ``batch`` times the rows. Whether
 that pays depends on the CPU's kernels at one clip's row count. Measured on 2 AVX2 cores with real sizes, it pays
-for Stable Audio 3 Small's DiT (116 frames a 10 s clip; a row 18 % cheaper in batches of 4) and not for
-TangoFlux's (~560 rows a clip with guidance; 5-11 % dearer). On CPUs with AMX it can go further either way.
+for Stable Audio 3 Small's DiT (116 frames a 10 s clip; a clip 18 % cheaper in batches of 4) and not for
+TangoFlux's (578 rows a clip with guidance; 3 %). On CPUs with AMX it can go further either way.
 
 The measurement (``measure_gain``): the DiT's own ``nn.Linear`` shapes (``linear_shapes``), each timed at one
 clip's rows and at ``CANDIDATE`` clips' rows in the DiT's dtype, best of ``REPEATS``; their times summed with
@@ -22,12 +22,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from .checkpoints import cache_dir
+from .devices import cpu_name
 
 if TYPE_CHECKING:
     import torch
@@ -81,15 +81,6 @@ def cpu_batch_size(rows: int, shapes: list[tuple[int, int, int]], dtype: torch.d
     return int(known[key]["batch"])
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
 def _best(run) -> float:
     best = float("inf")
     for _ in range(REPEATS):
@@ -105,8 +96,9 @@ def _read(path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("batch"), int)} if isinstance(
-        data, dict) else {}  # fmt: skip
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and v.get("batch") in (1, CANDIDATE)}
 
 
 def _write(path, known: dict) -> None:

@@ -78,6 +78,17 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (the kernel's ``model name``), else what ``platform`` says."""
+    import platform
+
+    try:
+        with open(cpuinfo) as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def runs_natively(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether ``dtype`` is computed natively on ``device`` (fp32 always; bf16/fp16 on CUDA; bf16 on a CPU
     with native bf16), i.e. whether it is worth using for a part that fp32 would also serve."""
