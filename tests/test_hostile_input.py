@@ -556,3 +556,22 @@ def test_a_generated_plan_says_its_times_in_milliseconds_and_renders_the_same_sa
     again = runner.invoke(app, ["render", str(tmp_path / "a.plan.json"), "-o", str(tmp_path / "b.wav"), "--device", "cpu"])
     assert again.exit_code == 0, again.output
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+
+
+def test_a_home_of_no_user_is_a_missing_path_not_a_crash(tmp_path):
+    """``~0`` names no user, where ``Path.expanduser`` raises: it is taken as written (found by hypothesis)."""
+    from audiostory_cli.paths import expand_user
+
+    assert expand_user("~0/x.wav").name == "x.wav"
+    assert str(expand_user("~0")) == "~0"
+
+
+def test_an_unknown_field_with_a_newline_is_named_on_one_line(tmp_path):
+    from audiostory_cli.errors import PlanError
+    from audiostory_cli.story import load_plan
+
+    path = tmp_path / "plan.json"
+    path.write_bytes(b'{"\\n":null}')
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert "\n" not in str(err.value) and "\\n: unknown field" in str(err.value)

@@ -20,6 +20,7 @@ import numpy as np
 import soundfile
 
 from .errors import AudioIOError, InputError
+from .paths import expand_user
 
 # extension -> (libsndfile format, subtype); integer subtypes are clipped to [-1, 1] like every format
 _SOUNDFILE_FORMATS = {
@@ -79,7 +80,7 @@ def check_target(path: str | os.PathLike[str], what: str = "output path") -> Pat
     first) that the file system takes, its folder exists and can be written into, and it is not a folder."""
     if "\x00" in os.fspath(path):
         raise InputError(f"{what} {os.fspath(path)!r} holds a NUL byte", hint="give a plain file name")
-    path = Path(path).expanduser()
+    path = expand_user(path)
     over = name_overflow(path)
     if over:
         size = len(os.fsencode(path.name))
@@ -354,7 +355,7 @@ def find_audio(plan_path: str | os.PathLike[str]) -> Path | None:
 
 def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     """Read an audio file as (float32 [channels, samples], sample_rate); .m4a/.aac go through ffmpeg."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if not path.is_file():
         raise InputError(f"audio file not found: {path}")
     if path.suffix.lower() in _FFMPEG_FORMATS:

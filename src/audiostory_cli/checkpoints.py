@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ModelNotFoundError
+from .paths import expand_user
 
 if TYPE_CHECKING:
     import torch
@@ -49,14 +50,14 @@ class ModelKind:
 
 def checkpoints_dir() -> Path:
     """The local weights folder: ``$AUDIOSTORY_CHECKPOINTS`` or ``./checkpoints``."""
-    return Path(os.environ.get("AUDIOSTORY_CHECKPOINTS", "checkpoints")).expanduser()
+    return expand_user(os.environ.get("AUDIOSTORY_CHECKPOINTS", "checkpoints"))
 
 
 def cache_dir() -> Path:
     """Where audiostory keeps what it measured or built once (prompt caches, the CPU batching choice):
     ``$AUDIOSTORY_CACHE``, else ``$XDG_CACHE_HOME/audiostory`` (``~/.cache/audiostory``)."""
     root = os.environ.get("AUDIOSTORY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "audiostory"
-    return Path(root).expanduser()
+    return expand_user(root)
 
 
 def hub_offline() -> bool:
@@ -93,7 +94,7 @@ def looks_like_path(ref: str) -> bool:
 def canonical_ref(ref: str) -> str:
     """A local path as an absolute one (so a saved plan or a resumed run finds it from any folder); a hub id or
     a URL as given."""
-    path = Path(ref).expanduser()
+    path = expand_user(ref)
     return str(path.resolve()) if path.exists() else ref
 
 
@@ -104,7 +105,7 @@ def resolve(ref: str, kind: ModelKind) -> Path:
     looked: list[str] = []
 
     # 1. An explicit local path.
-    local = Path(ref).expanduser()
+    local = expand_user(ref)
     if local.exists():
         return _checked(local, kind)
     looked.append(f"a local path '{ref}'")

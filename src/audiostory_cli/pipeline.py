@@ -19,6 +19,7 @@ from .decoders.base import ClipRequest
 from .settings import RenderOptions
 from .editing.latents import StoryState
 from .story import Plan, Progress, ProgressFn, StoryRequest, Track, event_seed, no_progress, plan_to_json, round_times
+from .paths import expand_user
 
 if TYPE_CHECKING:
     from .conditioning.base import Conditioner
@@ -65,7 +66,7 @@ def check_story_output(
     ``InputError``/``AudioIOError``."""
     from .editing.latents import latents_path_for
 
-    given = Path(output).expanduser() if "\x00" not in os.fspath(output) else None  # NUL: check_output_path says
+    given = expand_user(output) if "\x00" not in os.fspath(output) else None  # NUL: check_output_path says
     over = audio_io.name_overflow(latents_path_for(plan_path_for(given))) if given is not None and given.suffix else 0
     if over:  # the latents' name is the longest: say it in terms of the name the user gave
         size = len(os.fsencode(given.name))

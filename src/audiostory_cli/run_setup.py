@@ -25,6 +25,7 @@ from .errors import AudiostoryError, OptionError
 from .pipeline import check_story_output, longest_event_s
 from .settings import RenderOptions, merge_options
 from .story import StoryRequest, default_max_events
+from .paths import expand_user
 
 if TYPE_CHECKING:
     import torch
@@ -144,7 +145,7 @@ def check_output_folder(outdir: str | os.PathLike[str]) -> Path:
     if "\x00" in text:
         raise OptionError(f"output folder {text!r} holds a NUL byte", field="outdir")
     try:
-        folder = Path(text).expanduser().resolve()
+        folder = expand_user(text).resolve()
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         is_folder = existing.is_dir()
     except OSError as err:  # a name too long for the file system, a loop of links

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, OptionError, PlanError
+from .paths import expand_user
 
 DEFAULT_COHERENCE = 0.3  # weight of the residual query at fusion (0 = off); see benchmarks/coherence.py
 DEFAULT_CROSSFADE_S = 1.0  # overlap between consecutive foreground clips
@@ -166,9 +167,9 @@ def _model_ref(name: str, ref: Any) -> str:
         what = "is empty" if not text.strip() else "holds a NUL byte" if "\x00" in text else f"has {len(text)} chars"
         raise OptionError(f"{name} = {text[:60]!r}: {what}; must be a path or a hub id", field=name)
     try:
-        Path(text).expanduser().exists()  # raises for what no file system takes (a name too long)
+        expand_user(text).exists()  # raises for what no file system takes (a name too long)
         if name == "bridge":  # a folder, saved by its absolute path whether or not it is there yet
-            return str(Path(text).expanduser().resolve())
+            return str(expand_user(text).resolve())
         return canonical_ref(text)
     except (OSError, ValueError) as err:  # a name too long for the file system, a loop of links
         reason = getattr(err, "strerror", None) or str(err)

@@ -487,6 +487,8 @@ def _key_name(key: Any) -> str:
     if not isinstance(key, str):
         return shown(key)
     text = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not text.isprintable():  # a newline or a control character would break the one-line message
+        text = text.encode("unicode_escape").decode("ascii")
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..settings import MAX_SEED
 from ..story import MAX_CAPTION_CHARS, MAX_TOTAL_S, _json_kind, check_prompt, check_seed, check_text, check_total_s
 from ..story import parse_json, read_user_file, shown
+from ..paths import expand_user
 
 MAX_SLUG_CHARS = 48  # file names derived from prompts keep whole words up to this length
 MAX_PROMPTS_FILE_BYTES = 256 * 2**20  # a million stories of 200 characters; /dev/zero is refused, not read whole
@@ -77,7 +78,7 @@ def read_prompts_file(path: Path) -> list[BatchItem]:
         json_lines = json_lines or (not items and text.startswith("{"))
         item = _parse_prompt_line(text, number, json_lines)
         if item.continue_from is not None and item.problem is None:
-            item = replace(item, continue_from=str(path.parent / Path(item.continue_from).expanduser()))
+            item = replace(item, continue_from=str(path.parent / expand_user(item.continue_from)))
         items.append(item)
     if not items:
         raise InputError(f"prompts file {path} has no prompts", hint="write one prompt per line")

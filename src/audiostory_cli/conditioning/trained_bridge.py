@@ -23,6 +23,7 @@ from ..audio_io import atomic_write
 from ..decoders.base import TextTokens
 from ..decoders.weights import strict_load
 from ..errors import InputError, ModelLoadError, ModelNotFoundError
+from ..paths import expand_user
 
 if TYPE_CHECKING:
     from ..planners.transformers import TransformersPlanner as Planner  # the bridge reads its hidden states
@@ -238,7 +239,7 @@ class TrainedBridge:
         self.adapter = adapter  # queries + projector, float32, on the planner's device, frozen
         self.config = adapter.config
         self.planner = planner  # the planner whose hidden states it reads
-        self.ref = str(Path(folder).expanduser().resolve())  # its folder, absolute (saved as ``render.bridge``)
+        self.ref = str(expand_user(folder).resolve())  # its folder, absolute (saved as ``render.bridge``)
 
     @classmethod
     def load(cls, folder: str | Path, planner: Planner) -> TrainedBridge:

@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..settings import RenderOptions
 from ..story import Plan
 from .records import ContinueFrom
+from ..paths import expand_user
 
 if TYPE_CHECKING:
     from ..decoders.base import Decoder
@@ -79,7 +80,7 @@ def file_sha256(path: Path) -> str:
 
 def continue_from(path: str | Path, include_input: bool = True) -> ContinueFrom:
     """The plan's record of the recording at ``path`` (checked readable as audio, its hash taken)."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     read_recording(path, sample_rate=None, channels=None)  # every problem said before any model loads
     return ContinueFrom(path=str(path.resolve()), sha256=file_sha256(path), include_input=include_input, stem=path.name)
 

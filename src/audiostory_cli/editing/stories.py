@@ -21,6 +21,7 @@ from ..story import Plan, StoryRequest, Track, load_plan, no_progress
 from .latents import StoryState, latents_path_for, read_state
 from .operations import apply_change, resolve
 from .records import Change, Extend, History, check_extension
+from ..paths import expand_user
 
 if TYPE_CHECKING:
     from ..conditioning.base import Conditioner
@@ -48,7 +49,7 @@ class Story:
 
 def load_story(plan_path: str | os.PathLike[str]) -> Story:
     """Read a story: its plan (validated), its audio and latents when they belong to it."""
-    plan_path = Path(plan_path).expanduser()
+    plan_path = expand_user(plan_path)
     plan = load_plan(plan_path)
     if plan.render is None:
         raise InputError(

@@ -29,6 +29,7 @@ import numpy as np
 from .. import audio_io
 from ..errors import AudioIOError, InputError
 from .timelines import Cue, clock
+from ..paths import expand_user
 
 FFMPEG_HINT = "install ffmpeg (it brings ffprobe): `apt-get install ffmpeg`, `brew install ffmpeg` or ffmpeg.org"
 VIDEO_EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # outputs that take AAC audio
@@ -66,7 +67,7 @@ def probe(path: str | Path) -> VideoInfo:
     """Streams and length of the video at ``path``; a missing, empty or unreadable file, one without a video
     stream or without a length is an ``InputError``."""
     require_ffmpeg()
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if not path.exists():
         raise InputError(f"video file not found: {path}")
     if path.is_dir():
@@ -220,7 +221,7 @@ def check_copyable(info: VideoInfo, output: Path) -> None:
 
 def _is_folder(text: str) -> bool:
     try:
-        return Path(text).expanduser().is_dir()
+        return expand_user(text).is_dir()
     except OSError:  # a name too long for the file system: check_target says
         return False
 
