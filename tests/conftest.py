@@ -39,6 +39,24 @@ def _one_clip_at_a_time_on_cpu(monkeypatch, request):
         monkeypatch.setattr("audiostory_cli.cpu_batching.cpu_batch_size", lambda *_: 1)
 
 
+@pytest.fixture
+def gated_hub(monkeypatch):
+    """The hub as it answers for a gated repository this account may not read (Stable Audio 3's): not in the
+    cache, then a ``GatedRepoError``; ``HF_HUB_OFFLINE`` lifted so the lookup reaches it."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(repo_id, *, local_files_only):
+        if local_files_only:
+            raise FileNotFoundError(repo_id)  # not in the cache
+        error = GatedRepoError.__new__(GatedRepoError)
+        Exception.__init__(error, "403 Client Error: access to this model is restricted")
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread(request):
     """Tiny models are all overhead: extra threads only wait on each other (badly so on a busy machine)."""

@@ -56,20 +56,8 @@ def test_empty_reference():
         resolve(" ", KIND)
 
 
-def test_gated_hub_repository_says_how_to_get_access(tmp_path, monkeypatch):
+def test_gated_hub_repository_says_how_to_get_access(tmp_path, monkeypatch, gated_hub):
     """A gated repository (Stable Audio 3's) is not "not found": the message says how to get access."""
-    import huggingface_hub
-    from huggingface_hub.errors import GatedRepoError
-
-    def gated(repo_id, *, local_files_only):
-        if local_files_only:
-            raise FileNotFoundError(repo_id)  # not in the cache
-        error = GatedRepoError.__new__(GatedRepoError)
-        Exception.__init__(error, "403 Client Error: access to this model is restricted")
-        raise error
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("AUDIOSTORY_CHECKPOINTS", str(tmp_path / "checkpoints"))
     with pytest.raises(ModelNotFoundError) as caught:
         resolve("stabilityai/stable-audio-3-small-sfx", KIND)

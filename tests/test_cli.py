@@ -857,22 +857,10 @@ def test_a_dry_run_with_the_default_decoder_plans_for_stable_audio_3_small_witho
 
 
 def test_a_gated_default_decoder_stops_a_first_run_before_any_model_loads_naming_tangoflux(
-    run, tmp_path, monkeypatch
+    run, tmp_path, monkeypatch, gated_hub
 ):  # fmt: skip
-    import huggingface_hub
-    from huggingface_hub.errors import GatedRepoError
-
     from audiostory_cli import registry
 
-    def gated(repo_id, *, local_files_only):
-        if local_files_only:
-            raise FileNotFoundError(repo_id)  # not in the cache
-        error = GatedRepoError.__new__(GatedRepoError)
-        Exception.__init__(error, "403 Client Error: access to this model is restricted")
-        raise error
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
     loaded = []
     monkeypatch.setattr(registry, "load_decoder", lambda *a, **k: loaded.append(a))
     monkeypatch.setattr(registry, "load_planner", lambda *a, **k: loaded.append(a))
